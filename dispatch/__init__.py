@@ -1,0 +1,1 @@
+"""Dispatch domain core: pure, synchronous, deterministic (no I/O, no clocks)."""

@@ -1,0 +1,1 @@
+"""Geospatial engine: coordinates, areas, road network, travel times, geocoding (pure)."""

@@ -1,0 +1,1 @@
+"""ICP server: every byte of I/O lives here."""

@@ -1,0 +1,1 @@
+"""ICP persistence: the PostgreSQL cluster, migrations and the event log."""
