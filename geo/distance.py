@@ -1,0 +1,204 @@
+"""Distances in bulk: vectorised haversine ranking, a nearest-point index, and local metric frames.
+
+`geo.coords.geodesic_m` is exact (WGS 84 ellipsoid) but costs tens of microseconds per pair; ranking
+thousands of units or address points needs arrays. Haversine on the mean-radius sphere differs from
+the ellipsoidal geodesic by at most `HAVERSINE_MAX_RELATIVE_ERROR` (0.57 %, at most 5.7 m per km),
+which is far below what position reports and road travel times can resolve, so it is used for
+ranking; report a distance with `geodesic_m` when it is shown to a person and must be exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import shapely
+from numpy.typing import ArrayLike, NDArray
+from scipy.spatial import cKDTree
+from shapely.geometry.base import BaseGeometry
+
+from geo.coords import EARTH_RADIUS_M, CoordinateError, Point
+
+FloatArray = NDArray[np.float64]
+IndexArray = NDArray[np.intp]
+
+# Bound of |haversine - geodesic| / geodesic over the globe; the measured worst case is 0.5614 %
+# (short north-south hops at the poles, where the ellipsoid's curvature departs most from the
+# sphere's). tests/geo/test_distance.py checks it on random and worst-case pairs.
+HAVERSINE_MAX_RELATIVE_ERROR = 0.0057
+
+_DEG = math.pi / 180.0
+
+
+def as_arrays(points: Sequence[Point]) -> tuple[FloatArray, FloatArray]:
+    """Latitudes and longitudes of `points` as two float arrays, the shape taken here."""
+    lats = np.fromiter((p.lat for p in points), dtype=np.float64, count=len(points))
+    lons = np.fromiter((p.lon for p in points), dtype=np.float64, count=len(points))
+    return lats, lons
+
+
+def _checked(lats: ArrayLike, lons: ArrayLike) -> tuple[FloatArray, FloatArray]:
+    # Arrays arrive from outside (a fleet's last positions); one NaN would silently sort last or
+    # first, so ranges are checked here once rather than trusted.
+    la = np.asarray(lats, dtype=np.float64)
+    lo = np.asarray(lons, dtype=np.float64)
+    if la.ndim != 1 or lo.ndim != 1 or la.shape != lo.shape:
+        raise CoordinateError(
+            "latitudes and longitudes must be 1-D arrays of one length, "
+            f"got {la.shape} and {lo.shape}"
+        )
+    bad_lat = ~(np.abs(la) <= 90.0)  # written so NaN counts as bad
+    if bad_lat.any():
+        i = int(np.argmax(bad_lat))
+        raise CoordinateError(f"coordinate {i}: latitude {la[i]} is outside -90..90")
+    bad_lon = ~(np.abs(lo) <= 180.0)
+    if bad_lon.any():
+        i = int(np.argmax(bad_lon))
+        raise CoordinateError(f"coordinate {i}: longitude {lo[i]} is outside -180..180")
+    return la, lo
+
+
+def haversine_m(origin: Point, lats: ArrayLike, lons: ArrayLike) -> FloatArray:
+    """Great-circle distances in metres from `origin` to each (lat, lon), in input order."""
+    la, lo = _checked(lats, lons)
+    phi1 = origin.lat * _DEG
+    phi2 = la * _DEG
+    dphi = phi2 - phi1
+    dlmb = (lo - origin.lon) * _DEG
+    h = np.sin(dphi / 2.0) ** 2 + math.cos(phi1) * np.cos(phi2) * np.sin(dlmb / 2.0) ** 2
+    # Rounding can push h a hair above 1 for antipodal points; arcsin would then return NaN.
+    result: FloatArray = 2.0 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+    return result
+
+
+def nearest_k(
+    origin: Point,
+    lats: ArrayLike,
+    lons: ArrayLike,
+    k: int,
+    *,
+    max_m: float | None = None,
+) -> tuple[IndexArray, FloatArray]:
+    """Indices and distances (metres) of the `k` points nearest to `origin`, nearest first.
+
+    Fewer than `k` come back when there are fewer points, or fewer within `max_m`. Ties keep
+    input order, so the ranking is deterministic.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    d = haversine_m(origin, lats, lons)
+    candidates = np.arange(d.size) if max_m is None else np.flatnonzero(d <= max_m)
+    if candidates.size > k:
+        # argpartition keeps this O(n) for a large fleet; only the k winners are sorted.
+        part = np.argpartition(d[candidates], k - 1)[:k]
+        candidates = np.sort(candidates[part])
+    order = candidates[np.argsort(d[candidates], kind="stable")]
+    return order, d[order]
+
+
+def bbox_around(center: Point, radius_m: float) -> tuple[float, float, float, float]:
+    """A lon/lat box ``(min_lon, min_lat, max_lon, max_lat)`` holding every point within `radius_m`.
+
+    A little generous (sphere, plus a margin for the ellipsoid); meant for spatial-index queries
+    whose candidates are then measured exactly. Near a pole the box widens to all longitudes.
+    """
+    if radius_m < 0 or not math.isfinite(radius_m):
+        raise ValueError(f"radius must be a finite non-negative number of metres, got {radius_m}")
+    dlat = radius_m * (1.0 + HAVERSINE_MAX_RELATIVE_ERROR) / (EARTH_RADIUS_M * _DEG)
+    min_lat = max(-90.0, center.lat - dlat)
+    max_lat = min(90.0, center.lat + dlat)
+    widest = max(abs(min_lat), abs(max_lat))
+    cos_lat = math.cos(widest * _DEG)
+    if cos_lat < 1e-9 or dlat / cos_lat >= 180.0:
+        return (-180.0, min_lat, 180.0, max_lat)
+    dlon = dlat / cos_lat
+    return (max(-180.0, center.lon - dlon), min_lat, min(180.0, center.lon + dlon), max_lat)
+
+
+def to_local_metres(geometry: BaseGeometry, origin: Point) -> BaseGeometry:
+    """`geometry` (lon/lat) in an equirectangular frame in metres centred on `origin`.
+
+    Scale is exact at `origin` and drifts with the cosine of latitude away from it (0.3 % at
+    10 km in Helsinki), so it serves distances of a few kilometres around `origin`, e.g. "how far
+    is this street from this point", where a geodesic per segment would be far slower.
+    """
+    kx = EARTH_RADIUS_M * _DEG * math.cos(origin.lat * _DEG)
+    ky = EARTH_RADIUS_M * _DEG
+
+    def project(coords: FloatArray) -> FloatArray:
+        out = np.empty_like(coords)
+        out[:, 0] = (coords[:, 0] - origin.lon) * kx
+        out[:, 1] = (coords[:, 1] - origin.lat) * ky
+        return out
+
+    projected: BaseGeometry = shapely.transform(geometry, project)
+    return projected
+
+
+def distance_to_geometry_m(point: Point, geometry: BaseGeometry) -> float:
+    """Metres from `point` to the nearest part of a nearby lon/lat `geometry`."""
+    local = to_local_metres(geometry, point)
+    return float(shapely.distance(shapely.Point(0.0, 0.0), local))
+
+
+def _unit_vectors(lats: FloatArray, lons: FloatArray) -> FloatArray:
+    phi = lats * _DEG
+    lmb = lons * _DEG
+    cphi = np.cos(phi)
+    return np.column_stack((cphi * np.cos(lmb), cphi * np.sin(lmb), np.sin(phi)))
+
+
+def _chord_to_m(chord: FloatArray) -> FloatArray:
+    arc: FloatArray = 2.0 * EARTH_RADIUS_M * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))
+    return arc
+
+
+def _m_to_chord(metres: float) -> float:
+    return 2.0 * math.sin(min(metres / EARTH_RADIUS_M, math.pi) / 2.0)
+
+
+class PointIndex:
+    """A static set of points answering "nearest to here" and "all within r" in O(log n).
+
+    Points are stored as unit vectors in a k-d tree: the straight-line (chord) distance between
+    two unit vectors is a monotonic function of their great-circle distance, so the tree's
+    Euclidean search is exact on the sphere everywhere, poles and antimeridian included. Distances
+    returned are haversine metres, as `haversine_m` gives.
+    """
+
+    __slots__ = ("_size", "_tree")
+
+    def __init__(self, lats: ArrayLike, lons: ArrayLike) -> None:
+        la, lo = _checked(lats, lons)
+        self._size = int(la.size)
+        self._tree = cKDTree(_unit_vectors(la, lo) if la.size else np.empty((0, 3)))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def nearest(self, point: Point, max_m: float = math.inf) -> tuple[int, float] | None:
+        """Index and distance of the nearest point within `max_m`, or None."""
+        if self._size == 0:
+            return None
+        q = _unit_vectors(np.array([point.lat]), np.array([point.lon]))[0]
+        bound = _m_to_chord(max_m) if math.isfinite(max_m) else np.inf
+        # The tree's bound is strict; nudge it so a point exactly at max_m still counts.
+        chord, idx = self._tree.query(q, k=1, distance_upper_bound=bound * (1 + 1e-12) + 1e-15)
+        if not math.isfinite(float(chord)):
+            return None
+        return int(idx), float(_chord_to_m(np.array([chord]))[0])
+
+    def within(self, point: Point, radius_m: float) -> tuple[IndexArray, FloatArray]:
+        """Indices and distances of every point within `radius_m`, nearest first."""
+        if self._size == 0:
+            return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float64)
+        q = _unit_vectors(np.array([point.lat]), np.array([point.lon]))[0]
+        found = np.asarray(
+            self._tree.query_ball_point(q, _m_to_chord(radius_m) * (1 + 1e-12) + 1e-15),
+            dtype=np.intp,
+        )
+        pts = self._tree.data[found]
+        dist = _chord_to_m(np.linalg.norm(pts - q, axis=1))
+        order = np.lexsort((found, dist))
+        return found[order], dist[order]
