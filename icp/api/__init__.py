@@ -1,0 +1,13 @@
+"""The HTTP API: each module registers the routes of one concern."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from icp import gateway
+from icp.api import events, health, session
+
+
+def setup_routes(app: web.Application) -> None:
+    for module in (health, session, events, gateway):
+        module.setup(app)

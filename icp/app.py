@@ -1,0 +1,88 @@
+"""The application factory: wiring only. Each resource is a cleanup_ctx, torn down in reverse."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator
+
+from aiohttp import WSCloseCode, web
+
+from icp import appkeys
+from icp.api import setup_routes
+from icp.config import Settings
+from icp.errors import problem_middleware
+from icp.metrics import Metrics, metrics_middleware
+from icp.store import database, migrations
+from icp.store.feed import EventFeed
+from icp.store.group_commit import GroupCommitter
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[metrics_middleware, problem_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.METRICS] = Metrics()
+    app[appkeys.WEBSOCKETS] = weakref.WeakSet()
+    app.cleanup_ctx.extend([_database, _group_commit, _event_feed])
+    app.on_shutdown.append(_close_websockets)
+    setup_routes(app)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    async with database.async_database_url(settings) as url:
+        if settings.auto_migrate:
+            conn = await database.connect(url)
+            try:
+                applied = await migrations.migrate(conn)
+            finally:
+                await conn.close()
+            for m in applied:
+                log.info("applied migration %s", m.label)
+        app[appkeys.DB_URL] = url
+        app[appkeys.POOL] = pool = await database.create_pool(url, settings)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+
+async def _group_commit(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    committer = GroupCommitter(
+        app[appkeys.POOL],
+        max_batch=settings.group_commit_max_batch,
+        max_queue=settings.group_commit_max_queue,
+        on_commit=app[appkeys.METRICS].on_commit,
+    )
+    committer.start()
+    app[appkeys.COMMITTER] = committer
+    try:
+        yield
+    finally:
+        await committer.stop()
+
+
+async def _event_feed(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    feed = EventFeed(app[appkeys.DB_URL], app[appkeys.POOL], poll_interval_s=settings.event_poll_interval_s)
+    await feed.start()
+    app[appkeys.FEED] = feed
+    try:
+        yield
+    finally:
+        await feed.stop()
+
+
+async def _close_websockets(app: web.Application) -> None:
+    # 1001 Going Away tells clients to reconnect (to another node, or to this one after restart).
+    for ws in list(app[appkeys.WEBSOCKETS]):
+        with contextlib.suppress(Exception):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")

@@ -1,0 +1,24 @@
+"""Typed application state: what the app factory wires and handlers read."""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+import asyncpg
+from aiohttp import web
+
+from icp.config import Settings
+
+if TYPE_CHECKING:
+    from icp.metrics import Metrics
+    from icp.store.feed import EventFeed
+    from icp.store.group_commit import GroupCommitter
+
+SETTINGS = web.AppKey("settings", Settings)
+DB_URL = web.AppKey("db_url", str)
+POOL = web.AppKey("pool", asyncpg.Pool)
+COMMITTER: web.AppKey[GroupCommitter] = web.AppKey("committer")
+FEED: web.AppKey[EventFeed] = web.AppKey("feed")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")

@@ -1,0 +1,1 @@
+"""Authentication (bearer tokens, console sessions) and authorization (roles, agencies)."""

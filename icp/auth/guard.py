@@ -1,0 +1,88 @@
+"""`require(role)`: the one gate every endpoint passes, and request authentication behind it."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from icp.appkeys import POOL
+from icp.auth import credentials
+from icp.auth.principal import Principal, Role
+from icp.errors import forbidden, unauthorized
+
+PRINCIPAL = "icp.principal"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def authenticate(request: web.Request) -> Principal:
+    """The caller, from a bearer token or else the console's session cookie; 401 otherwise."""
+    cached = request.get(PRINCIPAL)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    pool = request.app[POOL]
+    header = request.headers.get("Authorization")
+    principal: Principal | None
+    if header is not None:
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise unauthorized("the Authorization header must be 'Bearer <token>'")
+        principal = await credentials.principal_for_token(pool, secret.strip())
+        if principal is None:
+            raise unauthorized("the bearer token is unknown, revoked or expired")
+    else:
+        cookie = request.cookies.get(credentials.SESSION_COOKIE)
+        if not cookie:
+            raise unauthorized()
+        principal = await credentials.principal_for_session(pool, cookie)
+        if principal is None:
+            raise unauthorized("the session has expired; log in again")
+        _check_same_origin(request)
+    request[PRINCIPAL] = principal
+    return principal
+
+
+def _check_same_origin(request: web.Request) -> None:
+    # Cookies ride along on cross-site requests; SameSite=Strict stops most, and refusing a
+    # foreign Origin on state-changing requests stops the rest.
+    if request.method not in UNSAFE_METHODS:
+        return
+    origin = request.headers.get("Origin")
+    if origin and urlsplit(origin).netloc != request.host:
+        raise forbidden("cross-origin requests with a session cookie are refused")
+
+
+def require(*roles: Role | str) -> Callable[[Handler], Handler]:
+    """Allow the handler only to principals holding one of ``roles`` (implications included).
+
+    With no roles, any authenticated principal is allowed. The principal is available to the
+    handler as ``request[PRINCIPAL]`` (or through `principal(request)`).
+    """
+    wanted = tuple(Role(r) for r in roles)
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            who = await authenticate(request)
+            if wanted and not any(who.has(role) for role in wanted):
+                names = " or ".join(r.value for r in wanted)
+                raise forbidden(f"this needs the role {names}; you are {who.role.value}")
+            return await handler(request)
+
+        guarded.__roles__ = [r.value for r in wanted]  # type: ignore[attr-defined]
+        return guarded
+
+    return wrap
+
+
+def principal(request: web.Request) -> Principal:
+    """The principal `require` authenticated for this request."""
+    who: Any = request.get(PRINCIPAL)
+    if who is None:
+        raise RuntimeError("principal() used on a handler without require()")
+    return who  # type: ignore[no-any-return]

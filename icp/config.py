@@ -1,0 +1,128 @@
+"""Configuration: environment variables over an optional TOML file, with safe defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is malformed; the message names the setting and where it came from."""
+
+
+def default_data_dir() -> Path:
+    # Root's home is private (0700) and the embedded PostgreSQL runs as an unprivileged user that
+    # must traverse the data directory's parents, so root gets a system location.
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/icp")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "icp"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a node. Environment names are ``ICP_`` + the field name in upper case;
+    in the TOML file (``ICP_CONFIG``) the same names are written in lower case without prefix."""
+
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    auto_migrate: bool = True
+    log_level: str = "INFO"
+    # HTTP
+    max_body_bytes: int = 1024 * 1024
+    shutdown_timeout_s: float = 10.0
+    # Auth
+    session_ttl_s: int = 12 * 3600
+    cookie_secure: bool = False
+    # Database pool
+    pool_min: int = 2
+    pool_max: int = 20
+    db_timeout_s: float = 5.0
+    # Event log
+    event_poll_interval_s: float = 1.0
+    group_commit_max_batch: int = 2000
+    group_commit_max_queue: int = 100_000
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pg"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, kind: Any, raw: Any, origin: str) -> Any:
+    where = f"{name} (from {origin})"
+    if kind in ("bool", bool):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected a boolean, got {raw!r}")
+    if kind in ("int", int):
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {raw!r}") from None
+    if kind in ("float", float):
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+    if kind in ("Path", Path):
+        return Path(str(raw)).expanduser()
+    if raw in ("", None):
+        return None if "None" in str(kind) else ""
+    return str(raw)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Settings from the TOML file named by ``ICP_CONFIG`` (if any), then the environment, then
+    explicit overrides (CLI flags). Unknown keys in the file are an error, so typos surface."""
+    env = os.environ if environ is None else environ
+    known = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, Any] = {}
+
+    config_path = env.get("ICP_CONFIG")
+    if config_path:
+        path = Path(config_path).expanduser()
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"ICP_CONFIG names {path}, which does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        table = document.get("icp", document)
+        for key, raw in table.items():
+            name = key.lower().removeprefix("icp_")
+            if name not in known:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+            values[name] = _coerce(name, known[name], raw, str(path))
+
+    for name, kind in known.items():
+        env_name = "ICP_" + name.upper()
+        if env_name in env:
+            values[name] = _coerce(name, kind, env[env_name], env_name)
+
+    for name, raw in overrides.items():
+        if raw is not None:
+            values[name] = _coerce(name, known[name], raw, "command line")
+
+    settings = Settings(**values)
+    if not 0 < settings.port < 65536:
+        raise ConfigError(f"port {settings.port} is outside 1..65535")
+    if settings.pool_min < 1 or settings.pool_max < settings.pool_min:
+        raise ConfigError("pool_min must be ≥ 1 and pool_max ≥ pool_min")
+    return settings

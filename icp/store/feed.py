@@ -1,0 +1,115 @@
+"""Following the event log on one node: NOTIFY wake-ups plus a polling fallback, fanned out.
+
+One `EventFeed` per node reads new rows once and hands each batch, in seq order, to its
+subscribers (the WebSocket gateway, webhook dispatcher, live picture). Wake-ups carry no payload;
+the feed always reads the log itself, so a lost or coalesced notification costs at most one poll
+interval. The listening connection is re-established if the database goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import asyncpg
+
+from icp.store import eventlog
+from icp.store.database import connect
+from icp.store.eventlog import RecordedEvent
+
+log = logging.getLogger(__name__)
+Subscriber = Callable[[list[RecordedEvent]], None]
+
+
+class EventFeed:
+    def __init__(
+        self, url: str, pool: asyncpg.Pool, *, poll_interval_s: float = 1.0, page: int = 1000
+    ) -> None:
+        self._url = url
+        self._pool = pool
+        self._poll = poll_interval_s
+        self._page = page
+        self._subscribers: list[Subscriber] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._advanced = asyncio.Condition()
+        self.head = 0  # the highest seq handed to subscribers
+        self.listening = False
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Receive every new batch (synchronously, in order; keep callbacks quick and
+        non-blocking). Returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    async def start(self, after: int | None = None) -> None:
+        self.head = await eventlog.head_seq(self._pool) if after is None else after
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="icp-feed-listen"),
+            asyncio.create_task(self._follow(), name="icp-feed-follow"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def poke(self) -> None:
+        """Read the log now (e.g. right after this node committed)."""
+        self._wake.set()
+
+    async def wait_for(self, seq: int, timeout: float | None = None) -> None:
+        """Wait until the feed has delivered ``seq``."""
+        async with asyncio.timeout(timeout), self._advanced:
+            await self._advanced.wait_for(lambda: self.head >= seq)
+
+    async def _listen(self) -> None:
+        def on_notify(*_: object) -> None:
+            self._wake.set()
+
+        while True:
+            conn = None
+            try:
+                conn = await connect(self._url, timeout=5)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(eventlog.EVENTS_CHANNEL, on_notify)
+                self.listening = True
+                self._wake.set()  # catch up on anything committed while we were not listening
+                await lost.wait()
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                log.debug("event feed listener unavailable: %s", exc)
+            finally:
+                self.listening = False
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+            await asyncio.sleep(min(self._poll, 1.0))
+
+    async def _follow(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+            self._wake.clear()
+            try:
+                while True:
+                    batch = await eventlog.read_after(self._pool, self.head, self._page)
+                    if not batch:
+                        break
+                    self.head = batch[-1].seq
+                    for subscriber in list(self._subscribers):
+                        try:
+                            subscriber(batch)
+                        except Exception:
+                            log.exception("event feed subscriber failed")
+                    async with self._advanced:
+                        self._advanced.notify_all()
+                    if len(batch) < self._page:
+                        break
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                log.debug("event feed poll failed: %s", exc)

@@ -1,0 +1,183 @@
+"""Group commit: many concurrent writers share one transaction, and each returns once durable.
+
+Without it, N concurrent callers appending one event each pay N commits (N fsyncs) in a row,
+serialised by the append lock. Here a single committer task takes everything queued, runs it in
+one transaction and resolves every caller's future after COMMIT returns; while it commits, the
+next batch accumulates. A unit of work that fails (its own SQL raises) is rolled back to its
+savepoint and fails alone; the rest of the batch commits. If the commit itself fails, every caller
+in the batch gets the error and nothing of the batch is written.
+
+Bounds: at most ``max_batch`` units per transaction, at most ``max_queue`` waiting; beyond that
+`submit` raises `Overloaded` at once instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+
+from icp.store import eventlog
+from icp.store.eventlog import NewEvent, RecordedEvent
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Overloaded(RuntimeError):
+    """The commit queue is full; the caller should retry later (HTTP 503 + Retry-After)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Staged(Generic[T]):
+    """What a unit of work produced: a result for its caller and the events it records."""
+
+    result: T
+    events: Sequence[NewEvent]
+
+
+Work = Callable[[asyncpg.Connection], Awaitable[Staged[T]]]
+
+
+@dataclass(slots=True)
+class _Item:
+    work: Work[Any] | None
+    events: list[eventlog._Encoded]
+    future: asyncio.Future[tuple[Any, list[RecordedEvent]]]
+
+
+@dataclass
+class GroupCommitStats:
+    transactions: int = 0
+    units: int = 0
+    events: int = 0
+    failed_units: int = 0
+    last_batch: int = 0
+
+
+class GroupCommitter:
+    """One per node. ``start()`` before use, ``stop()`` drains what is queued and ends."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_batch: int = 2000,
+        max_queue: int = 100_000,
+        on_commit: Callable[[int, int, float], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._max_queue = max_queue
+        self._queue: list[_Item] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._on_commit = on_commit
+        self.stats = GroupCommitStats()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="icp-group-commit")
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- callers -------------------------------------------------------------------------------
+    async def submit(self, work: Work[T]) -> tuple[T, list[RecordedEvent]]:
+        """Run ``work`` in a shared transaction; return its result and recorded events once
+        committed. Cancelling the caller does not withdraw work already queued."""
+        return await self._enqueue(work, [])
+
+    async def append(self, event: NewEvent) -> RecordedEvent:
+        """Append one event; return it once it is durable."""
+        _, recorded = await self._enqueue(None, [eventlog.encode(event)])
+        return recorded[0]
+
+    async def append_many(self, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+        """Append events atomically (all in one transaction, consecutive seqs)."""
+        _, recorded = await self._enqueue(None, [eventlog.encode(e) for e in events])
+        return recorded
+
+    async def _enqueue(
+        self, work: Work[Any] | None, events: list[eventlog._Encoded]
+    ) -> tuple[Any, list[RecordedEvent]]:
+        if self._closing:
+            raise Overloaded("the node is shutting down")
+        if self._task is None:
+            raise RuntimeError("GroupCommitter.start() was not called")
+        if len(self._queue) >= self._max_queue:
+            raise Overloaded(f"{len(self._queue)} writes are waiting to commit")
+        future: asyncio.Future[tuple[Any, list[RecordedEvent]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.append(_Item(work, events, future))
+        self._wake.set()
+        # shield: a cancelled caller must not cancel the shared future other code relies on.
+        return await asyncio.shield(future)
+
+    # -- the committer ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # the batch fails as a whole; callers see the cause
+                log.warning("group commit of %d units failed: %s", len(batch), exc)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        results: list[tuple[_Item, Any, list[eventlog._Encoded]]] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            for item in batch:
+                if item.work is None:
+                    results.append((item, None, item.events))
+                    continue
+                try:
+                    async with conn.transaction():  # a savepoint: this unit fails alone
+                        staged = await item.work(conn)
+                        encoded = [eventlog.encode(e) for e in staged.events]
+                except Exception as exc:
+                    self.stats.failed_units += 1
+                    item.future.set_exception(exc)
+                    continue
+                results.append((item, staged.result, encoded))
+            recorded = await eventlog.append(conn, [e for _, _, evs in results for e in evs])
+        # Committed: hand each caller its own slice of the recorded events.
+        position = 0
+        for item, result, events in results:
+            mine = recorded[position : position + len(events)]
+            position += len(events)
+            if not item.future.done():
+                item.future.set_result((result, mine))
+        elapsed = time.perf_counter() - started
+        self.stats.transactions += 1
+        self.stats.units += len(results)
+        self.stats.events += len(recorded)
+        self.stats.last_batch = len(batch)
+        if self._on_commit is not None:
+            with contextlib.suppress(Exception):
+                self._on_commit(len(batch), len(recorded), elapsed)
