@@ -1,0 +1,172 @@
+"""Test fixtures: a real PostgreSQL (the embedded cluster, one per session), a fresh database per
+test cloned from a migrated template, and the real app served over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from icp.app import create_app
+from icp.auth import credentials
+from icp.config import Settings
+from icp.store import database, migrations
+from icp.store.embedded import EmbeddedCluster
+
+TEMPLATE = "icp_test_template"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    # tmp_path_factory lives under /tmp, outside private home folders, which the cluster's
+    # unprivileged user (when tests run as root) must be able to traverse.
+    base = Path(os.environ.get("ICP_TEST_PGROOT") or tmp_path_factory.mktemp("pg"))
+    cluster = EmbeddedCluster(base / "pg")
+    cluster.hold()
+    try:
+        yield cluster
+    finally:
+        cluster.release()
+
+
+def _run(coro: Awaitable[None]) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_cluster: EmbeddedCluster) -> str:
+    async def build() -> None:
+        admin = await asyncpg.connect(pg_cluster.url("postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+        finally:
+            await admin.close()
+        conn = await database.connect(pg_cluster.url(TEMPLATE))
+        try:
+            await migrations.migrate(conn)
+        finally:
+            await conn.close()
+
+    _run(build())
+    return TEMPLATE
+
+
+def _create_database(cluster: EmbeddedCluster, template: str | None) -> str:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(cluster.url("postgres"))
+        try:
+            clause = f' TEMPLATE "{template}"' if template else ""
+            await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+        finally:
+            await admin.close()
+
+    _run(create())
+    return name
+
+
+def _drop_database(cluster: EmbeddedCluster, name: str) -> None:
+    async def drop() -> None:
+        admin = await asyncpg.connect(cluster.url("postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    _run(drop())
+
+
+@pytest.fixture
+def db_url(pg_cluster: EmbeddedCluster, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    name = _create_database(pg_cluster, template_db)
+    yield pg_cluster.url(name)
+    _drop_database(pg_cluster, name)
+
+
+@pytest.fixture
+def empty_db_url(pg_cluster: EmbeddedCluster) -> Iterator[str]:
+    """A fresh database with no schema at all (for migration tests)."""
+    name = _create_database(pg_cluster, None)
+    yield pg_cluster.url(name)
+    _drop_database(pg_cluster, name)
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=db_url, data_dir=tmp_path / "data", event_poll_interval_s=0.5,
+                    pool_min=1, pool_max=10)
+
+
+@pytest.fixture
+async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await database.connect(db_url)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+class LoopWatchdog:
+    """Measures how long the event loop was blocked; a test that blocks it fails."""
+
+    def __init__(self, limit_s: float = 1.0, tick_s: float = 0.05) -> None:
+        self.limit_s, self.tick_s, self.worst = limit_s, tick_s, 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.tick_s)
+            self.worst = max(self.worst, time.perf_counter() - started - self.tick_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], settings: Settings
+) -> AsyncIterator[TestClient]:
+    """The real app on a real socket. Fails the test if anything blocked the event loop."""
+    watchdog = LoopWatchdog()
+    watchdog.start()
+    test_client = await aiohttp_client(create_app(settings))
+    yield test_client
+    await watchdog.stop()
+    assert watchdog.worst < watchdog.limit_s, f"the event loop was blocked for {watchdog.worst:.2f} s"
+
+
+TokenFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def make_token(db_url: str) -> TokenFactory:
+    """Create a bearer token in the test database: ``await make_token("dispatcher", agency=…)``."""
+
+    async def make(role: str, **kwargs: object) -> str:
+        c = await asyncpg.connect(db_url)
+        try:
+            issued = await credentials.create_token(c, role, **kwargs)  # type: ignore[arg-type]
+        finally:
+            await c.close()
+        return issued.secret
+
+    return make
