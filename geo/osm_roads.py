@@ -175,6 +175,7 @@ _ZONE_NUMBER = re.compile(r"^zone:?(\d+)$")
 _NO_NUMBER = frozenset({"none", "signals", "variable", "unposted", "implicit"})
 
 Tags = Mapping[str, str]
+_NodeAt = tuple[int, float, float]  # OSM node id, lat, lon
 
 
 @dataclass(frozen=True)
@@ -342,7 +343,7 @@ class _Collector:
     stats: Counter[str] = field(default_factory=Counter)
     unknown: Counter[str] = field(default_factory=Counter)
 
-    def add_way(self, way_id: int, tags: Tags, nodes: list[tuple[int, float, float] | None]) -> None:
+    def add_way(self, way_id: int, tags: Tags, nodes: list[_NodeAt | None]) -> None:
         self.stats["highway_ways"] += 1
         road_class = road_class_for(tags)
         if road_class is None:
@@ -363,7 +364,7 @@ class _Collector:
         label = tags.get("name") or tags.get("ref") or ""
         name_id = self.names.setdefault(label, len(self.names))
         # A clipped extract leaves nodes without a location: keep each run of located nodes.
-        runs: list[list[tuple[int, float, float]]] = [[]]
+        runs: list[list[_NodeAt]] = [[]]
         for node in nodes:
             if node is None:
                 runs.append([])
@@ -432,7 +433,7 @@ def read_pbf(
             if not isinstance(way, osmium.osm.Way):
                 continue
             tags = {t.k: t.v for t in way.tags}
-            nodes: list[tuple[int, float, float] | None] = []
+            nodes: list[_NodeAt | None] = []
             for n in way.nodes:
                 loc = n.location
                 nodes.append((n.ref, loc.lat, loc.lon) if loc.valid() else None)

@@ -1,4 +1,4 @@
-"""The road network: compact numpy arrays of nodes and links, its disk cache, and the bounded search.
+"""The road network: compact arrays of nodes and links, its disk cache, and the bounded search.
 
 Model
 -----
@@ -232,7 +232,9 @@ class RoadNetwork:
         )
 
     @classmethod
-    def from_pbf(cls, path: str | os.PathLike[str], profile: RoadProfile | None = None) -> RoadNetwork:
+    def from_pbf(
+        cls, path: str | os.PathLike[str], profile: RoadProfile | None = None
+    ) -> RoadNetwork:
         """Build from an OpenStreetMap PBF extract (drivable roads for emergency vehicles)."""
         from geo.osm_roads import DEFAULT_PROFILE, read_pbf
 

@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 
 from geo.coords import Point
-from geo.road_graph import MAX_SEARCH_SECONDS, RoadNetwork, haversine_pairs_m, pack_cost, unpack_cost
+from geo.road_graph import (
+    MAX_SEARCH_SECONDS,
+    RoadNetwork,
+    haversine_pairs_m,
+    pack_cost,
+    unpack_cost,
+)
 from geo.snap import Snap, Snapper, along_link_cost, entry_costs
 
 _SAME_POINT_M = 0.5  # closer than this, the off-road connector is not drawn
@@ -140,7 +146,8 @@ def _piece(net: RoadNetwork, link: int, a: float, b: float) -> list[Point]:
     the end node when ``b`` is 0 or 1."""
     lo, hi = int(net.shape_ptr[link]), int(net.shape_ptr[link + 1])
     lat, lon = net.shape_lat[lo:hi], net.shape_lon[lo:hi]
-    cum = np.concatenate([[0.0], np.cumsum(haversine_pairs_m(lat[:-1], lon[:-1], lat[1:], lon[1:]))])
+    steps = haversine_pairs_m(lat[:-1], lon[:-1], lat[1:], lon[1:])
+    cum = np.concatenate([[0.0], np.cumsum(steps)])
     frac = cum / cum[-1] if cum[-1] > 0 else np.linspace(0.0, 1.0, len(cum))
     idx = np.arange(len(frac))
     ahead = b >= a
