@@ -182,10 +182,10 @@ class _Street:
 
     a: NDArray[np.int64]
     b: NDArray[np.int64]
-    l_kmh: float
-    l_fwd: bool
-    l_bwd: bool
-    l_class: int
-    l_name: int
+    kmh: float
+    fwd: bool
+    bwd: bool
+    klass: int
+    name: int
     missing: float
     bend: float
