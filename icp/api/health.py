@@ -13,7 +13,7 @@ from icp.metrics import handle_metrics
 from icp.store import migrations
 
 READY_TIMEOUT_S = 2.0
-_SPEC = web.AppKey("openapi_spec", dict)
+_SPEC = web.AppKey("openapi_spec", dict)  # filled on first request; routes are frozen by then
 
 
 @operation("Liveness: 200 while the process is up", tags=("health",), responses={200: "alive"})
@@ -48,10 +48,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 @operation("This OpenAPI 3.1 document", tags=("meta",), responses={200: "the document"})
 async def openapi_document(request: web.Request) -> web.Response:
-    app = request.app
-    if _SPEC not in app:
-        app[_SPEC] = openapi.build(app)  # routes are frozen once serving; build once
-    return json_response(app[_SPEC])
+    cache = request.app[_SPEC]
+    if not cache:
+        cache.update(openapi.build(request.app))
+    return json_response(cache)
 
 
 def setup(app: web.Application) -> None:
@@ -59,3 +59,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
+    app[_SPEC] = {}

@@ -11,6 +11,7 @@ from icp.auth import credentials
 from icp.auth.guard import principal, require
 from icp.errors import FieldError, unauthorized, validation
 from icp.httpapi import json_response, operation, read_json_object
+from icp.store.eventlog import NewEvent
 
 LOGIN_SCHEMA = {
     "type": "object", "required": ["username", "password"],
@@ -43,6 +44,11 @@ async def login(request: web.Request) -> web.Response:
     secret, expires_at = await credentials.create_session(
         pool, int(who.id), timedelta(seconds=settings.session_ttl_s)
     )
+    # Logins are on the record; only unrestricted principals (auditors) see them.
+    await request.app[appkeys.COMMITTER].append(NewEvent(
+        "session.created", f"user:{who.id}",
+        {"username": who.name, "remote": request.remote or ""}, actor=who.actor(), visibility=(),
+    ))
     response = json_response({"principal": who.to_json(), "expires_at": expires_at.isoformat()})
     response.set_cookie(
         credentials.SESSION_COOKIE, secret, max_age=settings.session_ttl_s, httponly=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -14,7 +13,7 @@ from icp.auth import credentials
 from icp.auth.principal import Principal, Role
 from icp.errors import forbidden, unauthorized
 
-PRINCIPAL = "icp.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -24,7 +23,7 @@ async def authenticate(request: web.Request) -> Principal:
     """The caller, from a bearer token or else the console's session cookie; 401 otherwise."""
     cached = request.get(PRINCIPAL)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     pool = request.app[POOL]
     header = request.headers.get("Authorization")
     principal: Principal | None
@@ -82,7 +81,7 @@ def require(*roles: Role | str) -> Callable[[Handler], Handler]:
 
 def principal(request: web.Request) -> Principal:
     """The principal `require` authenticated for this request."""
-    who: Any = request.get(PRINCIPAL)
+    who = request.get(PRINCIPAL)
     if who is None:
         raise RuntimeError("principal() used on a handler without require()")
-    return who  # type: ignore[no-any-return]
+    return who

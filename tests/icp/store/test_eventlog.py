@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from datetime import UTC, datetime
 
@@ -45,7 +46,7 @@ async def test_append_assigns_consecutive_seqs_and_chains_hashes(conn: asyncpg.C
     events = first + more
     assert [e.seq for e in events] == [1, 2, 3, 4]
     assert events[0].prev_hash == eventlog.GENESIS_HASH
-    for before, after in zip(events, events[1:], strict=False):
+    for before, after in itertools.pairwise(events):
         assert after.prev_hash == before.hash
     stored = await eventlog.read_after(conn, 0)
     assert [(e.seq, e.hash) for e in stored] == [(e.seq, e.hash) for e in events]

@@ -87,7 +87,7 @@ async def test_failed_migration_rolls_back_and_is_not_recorded(empty_db_url: str
 
 def test_malformed_names_and_duplicates_are_refused(tmp_path: Path) -> None:
     (tmp_path / "1_bad.sql").write_text("SELECT 1;")
-    with pytest.raises(migrations.MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(migrations.MigrationError, match=r"NNNN_name\.sql"):
         migrations.load_migrations(tmp_path)
     (tmp_path / "1_bad.sql").unlink()
     (tmp_path / "0001_a.sql").write_text("SELECT 1;")
