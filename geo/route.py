@@ -16,10 +16,9 @@ from geo.road_graph import (
     MAX_SEARCH_SECONDS,
     RoadNetwork,
     haversine_pairs_m,
-    pack_cost,
     unpack_cost,
 )
-from geo.snap import Snap, Snapper, along_link_cost, entry_costs
+from geo.snap import Snap, Snapper, along_link_cost, entry_costs, exit_costs, search_ends
 
 _SAME_POINT_M = 0.5  # closer than this, the off-road connector is not drawn
 
@@ -68,22 +67,17 @@ def find_route(
     s = _snap(snapper, start, max_snap_m, "start")
     e = _snap(snapper, end, max_snap_m, "end")
     search = net.search
-    ends = entry_costs(net, e)
-    dist, pred = search.search_to(ends, max_seconds, predecessors=True)
+    enter_u, enter_v = entry_costs(net, e)
+    dist, pred = search.search_to(search_ends(net, e), max_seconds, predecessors=True)
     assert pred is not None
 
     link, g = s.link, s.fraction
-    length = float(net.link_length_m[link])
-    fwd_s, bwd_s = float(net.link_fwd_s[link]), float(net.link_bwd_s[link])
     u, v = int(net.link_u[link]), int(net.link_v[link])
-    options: list[tuple[float, str]] = []
-    if np.isfinite(fwd_s):
-        options.append((float(dist[v] + pack_cost((1 - g) * fwd_s, (1 - g) * length)), "v"))
-    if np.isfinite(bwd_s):
-        options.append((float(dist[u] + pack_cost(g * bwd_s, g * length)), "u"))
+    exit_v, exit_u = exit_costs(net, np.array([link]), np.array([g]))
+    options = [(float(dist[v] + exit_v[0]), "v"), (float(dist[u] + exit_u[0]), "u")]
     if link == e.link:
         options.append((float(along_link_cost(net, e, np.array([g]))[0]), "direct"))
-    best, how = min(options, default=(np.inf, ""))
+    best, how = min(options)
     if not np.isfinite(best):
         raise NoRouteError(f"no road route from {start} to {end}")
 
@@ -117,13 +111,7 @@ def find_route(
         # The search entered the destination link at ``node``; on a loop link (u == v) either
         # end is that node, and the cheaper entry is the one taken.
         eu, ev = int(net.link_u[e.link]), int(net.link_v[e.link])
-        if eu != ev:
-            from_u = node == eu
-        else:
-            # entry_costs lists the u entry first when the link is open forward.
-            via_u = ends[0][1] if np.isfinite(net.link_fwd_s[e.link]) else np.inf
-            via_v = ends[-1][1] if np.isfinite(net.link_bwd_s[e.link]) else np.inf
-            from_u = via_u <= via_v
+        from_u = node == eu if eu != ev else enter_u <= enter_v
         for p in _piece(net, e.link, 0.0 if from_u else 1.0, e.fraction):
             add(p)
         links.append(e.link)

@@ -143,19 +143,60 @@ class Snapper:
         return self.snap_points([point], max_distance_m).get(0)
 
 
-def entry_costs(net: RoadNetwork, snap: Snap) -> list[tuple[int, float]]:
-    """The (node, packed cost from node to the snapped position) pairs it is reached through."""
+AT_NODE = 1e-9
+"""A snap this close (as a fraction) to a link's end is at that end's node: it may leave or enter
+by any link of the node, not only along its own link's allowed direction."""
+
+
+def entry_costs(net: RoadNetwork, snap: Snap) -> tuple[float, float]:
+    """Packed costs of reaching the snapped position from its link's ``u`` and ``v`` ends.
+
+    ``inf`` where the link's direction forbids it (a one-way street entered from its exit end).
+    """
     link, f = snap.link, snap.fraction
     length = float(net.link_length_m[link])
-    ends: list[tuple[int, float]] = []
     fwd_s, bwd_s = float(net.link_fwd_s[link]), float(net.link_bwd_s[link])
-    if np.isfinite(fwd_s):
-        ends.append((int(net.link_u[link]), float(pack_cost(f * fwd_s, f * length))))
-    if np.isfinite(bwd_s):
-        ends.append(
-            (int(net.link_v[link]), float(pack_cost((1 - f) * bwd_s, (1 - f) * length)))
-        )
+    via_u = float(pack_cost(f * fwd_s, f * length)) if np.isfinite(fwd_s) else np.inf
+    via_v = float(pack_cost((1 - f) * bwd_s, (1 - f) * length)) if np.isfinite(bwd_s) else np.inf
+    if f <= AT_NODE:
+        via_u = 0.0
+    if f >= 1.0 - AT_NODE:
+        via_v = 0.0
+    return via_u, via_v
+
+
+def search_ends(net: RoadNetwork, snap: Snap) -> list[tuple[int, float]]:
+    """The ``(node, packed cost)`` pairs a search towards the snapped position starts from."""
+    via_u, via_v = entry_costs(net, snap)
+    ends = []
+    if np.isfinite(via_u):
+        ends.append((int(net.link_u[snap.link]), via_u))
+    if np.isfinite(via_v):
+        ends.append((int(net.link_v[snap.link]), via_v))
     return ends
+
+
+def exit_costs(
+    net: RoadNetwork, link: NDArray[np.int64], g: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Packed costs of leaving positions (``link``, fraction ``g``) by the ``v`` and ``u`` ends.
+
+    ``inf`` where the link's direction forbids it; 0 where the position is that end's node.
+    """
+    length = net.link_length_m[link].astype(np.float64)
+    fwd_s = net.link_fwd_s[link].astype(np.float64)
+    bwd_s = net.link_bwd_s[link].astype(np.float64)
+    fwd_open, bwd_open = np.isfinite(fwd_s), np.isfinite(bwd_s)
+    ahead, behind = 1.0 - g, g
+    via_v = np.where(
+        fwd_open, pack_cost(ahead * np.where(fwd_open, fwd_s, 0.0), ahead * length), np.inf
+    )
+    via_u = np.where(
+        bwd_open, pack_cost(behind * np.where(bwd_open, bwd_s, 0.0), behind * length), np.inf
+    )
+    via_v[g >= 1.0 - AT_NODE] = 0.0
+    via_u[g <= AT_NODE] = 0.0
+    return via_v, via_u
 
 
 def along_link_cost(net: RoadNetwork, snap: Snap, g: NDArray[np.float64]) -> NDArray[np.float64]:

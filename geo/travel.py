@@ -32,9 +32,9 @@ from numpy.typing import NDArray
 from geo.coords import Point
 from geo.distance import as_arrays, haversine_m
 from geo.eta import Method, TravelEstimate
-from geo.road_graph import RoadNetwork, pack_cost, unpack_cost
+from geo.road_graph import RoadNetwork, unpack_cost
 from geo.route import Route, find_route
-from geo.snap import DEFAULT_MAX_SNAP_M, Snap, Snapper, Snaps, along_link_cost, entry_costs
+from geo.snap import DEFAULT_MAX_SNAP_M, Snap, Snapper, Snaps, along_link_cost, exit_costs, search_ends
 
 # A cached snap: link (as float), fraction, snapped lat, snapped lon, off-road metres.
 _SnapRow = tuple[float, float, float, float, float]
@@ -198,24 +198,13 @@ class RoadTimer:
         budget = max_seconds - t_off_s
         if budget < 0:
             return np.full(len(which), np.inf), np.full(len(which), np.inf)
-        packed = self.network.search.search_to(entry_costs(net, tsnap), budget)[0]
+        packed = self.network.search.search_to(search_ends(net, tsnap), budget)[0]
 
         link = snaps.link[which]
         g = snaps.fraction[which]
-        length = net.link_length_m[link].astype(np.float64)
-        fwd_s = net.link_fwd_s[link].astype(np.float64)
-        bwd_s = net.link_bwd_s[link].astype(np.float64)
-        # Leave forward through v, or backward through u; inf where the link forbids it.
-        via_v = np.where(
-            np.isfinite(fwd_s),
-            packed[net.link_v[link]] + pack_cost((1 - g) * _finite(fwd_s), (1 - g) * length),
-            np.inf,
-        )
-        via_u = np.where(
-            np.isfinite(bwd_s),
-            packed[net.link_u[link]] + pack_cost(g * _finite(bwd_s), g * length),
-            np.inf,
-        )
+        exit_v, exit_u = exit_costs(net, link, g)
+        via_v = packed[net.link_v[link]] + exit_v
+        via_u = packed[net.link_u[link]] + exit_u
         best = np.fmin(via_v, via_u)
         same = np.flatnonzero(link == tsnap.link)
         if len(same):
@@ -233,7 +222,3 @@ class RoadTimer:
             max_snap_m=self.max_snap_m, offroad_speed_mps=self.offroad_speed_mps,
         )
 
-
-def _finite(a: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``a`` with inf replaced by 0, for arithmetic whose result is masked out anyway."""
-    return np.where(np.isfinite(a), a, 0.0)
