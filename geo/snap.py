@@ -17,12 +17,19 @@ from functools import cached_property
 import numpy as np
 import shapely
 from numpy.typing import NDArray
+from scipy.sparse.csgraph import connected_components
 
 from geo.coords import EARTH_RADIUS_M, Point
 from geo.distance import as_arrays
 from geo.road_graph import RoadNetwork, haversine_pairs_m, pack_cost
 
 DEFAULT_MAX_SNAP_M = 500.0
+
+SMALL_COMPONENT_NODES = 1000
+"""Links in a strongly connected part of the network smaller than this (or than the largest
+part, in a smaller network) are not snapped to: they are clipped road ends at the extract's
+border or closed-off islands, from which nothing (or nothing outside) is reachable. A position
+on one snaps to the nearest road of the connected network instead, as OSRM does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,11 @@ class Snapper:
         self._kx = np.radians(1.0) * EARTH_RADIUS_M * np.cos(np.radians(lat0))
         self._ky = np.radians(1.0) * EARTH_RADIUS_M
 
+    @cached_property
+    def link_ids(self) -> NDArray[np.int64]:
+        """The links snapped to (see `routable_links`), in the order of the index."""
+        return np.flatnonzero(routable_links(self.network)).astype(np.int64)
+
     def _project(
         self, lat: NDArray[np.float64], lon: NDArray[np.float64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -82,8 +94,12 @@ class Snapper:
     @cached_property
     def _lines(self) -> NDArray[np.object_]:
         net = self.network
-        x, y = self._project(net.shape_lat, net.shape_lon)
-        which = np.repeat(np.arange(net.link_count), np.diff(net.shape_ptr))
+        ids = self.link_ids
+        starts, ends = net.shape_ptr[ids], net.shape_ptr[ids + 1]
+        counts = ends - starts
+        points = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        x, y = self._project(net.shape_lat[points], net.shape_lon[points])
+        which = np.repeat(np.arange(len(ids)), counts)
         lines: NDArray[np.object_] = shapely.linestrings(x, y, indices=which)
         return lines
 
@@ -125,7 +141,7 @@ class Snapper:
         dist = haversine_pairs_m(la[src], lo[src], s_lat, s_lon)
         ok = dist <= max_distance_m
         src, hit = src[ok], hit[ok]
-        link[src] = hit
+        link[src] = self.link_ids[hit]
         fraction[src] = frac[ok]
         out_lat[src] = s_lat[ok]
         out_lon[src] = s_lon[ok]
@@ -141,6 +157,19 @@ class Snapper:
     def snap(self, point: Point, max_distance_m: float = DEFAULT_MAX_SNAP_M) -> Snap | None:
         """The nearest position on a road, or None when no road is within ``max_distance_m``."""
         return self.snap_points([point], max_distance_m).get(0)
+
+
+def routable_links(net: RoadNetwork) -> NDArray[np.bool_]:
+    """Links whose two ends lie in one strongly connected part of the network that is not small
+    (see `SMALL_COMPONENT_NODES`)."""
+    n = net.node_count
+    _, labels = connected_components(net.search.matrix, directed=True, connection="strong")
+    labels = labels[:n]  # the last row is the search's virtual target, not a junction
+    sizes = np.bincount(labels)
+    big = sizes >= min(SMALL_COMPONENT_NODES, int(sizes.max()))
+    lu, lv = labels[net.link_u], labels[net.link_v]
+    routable: NDArray[np.bool_] = (lu == lv) & big[lu]
+    return routable
 
 
 AT_NODE = 1e-9

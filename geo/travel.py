@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from geo.coords import Point
 from geo.distance import as_arrays, haversine_m
 from geo.eta import Method, TravelEstimate
-from geo.road_graph import RoadNetwork, unpack_cost
+from geo.road_graph import MAX_SEARCH_SECONDS, RoadNetwork, unpack_cost
 from geo.route import Route, find_route
 from geo.snap import DEFAULT_MAX_SNAP_M, Snap, Snapper, Snaps, along_link_cost, exit_costs, search_ends
 
@@ -148,6 +148,8 @@ class RoadTimer:
         origin_snaps: Snaps | None = None,
     ) -> Estimates:
         """The vectorised core of `one_to_many`; pass ``origin_snaps`` to reuse snapped origins."""
+        if not 0.0 <= max_seconds <= MAX_SEARCH_SECONDS:  # also rejects NaN
+            raise ValueError(f"max_seconds must be within 0..{MAX_SEARCH_SECONDS:.0f}")
         snaps = origin_snaps if origin_snaps is not None else self.snap_origins(lat, lon)
         tsnap = self.snapper.snap(target, self.max_snap_m)
         n = len(lat)

@@ -165,7 +165,7 @@ def test_helsinki_builds_a_directed_network(helsinki: RoadNetwork) -> None:
     assert not (np.isinf(net.link_fwd_s) & np.isinf(net.link_bwd_s)).any()
     assert (net.link_length_m > 0).all()
     speeds = net.link_length_m / np.fmin(net.link_fwd_s, net.link_bwd_s) * 3.6
-    assert 4.99 <= speeds.min() and speeds.max() <= 130.01  # "5" is the lowest posted limit
+    assert speeds.min() >= 4.99 and speeds.max() <= 130.01  # "5" is the lowest posted limit
     min_lon, min_lat, max_lon, max_lat = net.bbox()
     assert 24.93 < min_lon < max_lon < 24.96 and 60.16 < min_lat < max_lat < 60.18
     assert "Mannerheimintie" in net.names

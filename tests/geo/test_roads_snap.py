@@ -10,7 +10,7 @@ import pytest
 
 from geo.coords import EARTH_RADIUS_M, Point
 from geo.road_graph import RoadNetwork, haversine_pairs_m
-from geo.snap import Snapper
+from geo.snap import DEFAULT_MAX_SNAP_M, Snapper, routable_links
 
 HELSINKI = Path(__file__).resolve().parents[2] / "data" / "osm" / "helsinki-center.osm.pbf"
 
@@ -31,6 +31,7 @@ def _longest_straight_segment(net: RoadNetwork) -> tuple[int, Point, Point]:
     seg = haversine_pairs_m(lat[:-1], lon[:-1], lat[1:], lon[1:])
     link_of = np.repeat(np.arange(net.link_count), np.diff(net.shape_ptr))
     seg[link_of[:-1] != link_of[1:]] = 0  # pairs that straddle two links are not segments
+    seg[~routable_links(net)[link_of[:-1]]] = 0  # clipped border fragments are not snapped to
     i = int(np.argmax(seg))
     assert seg[i] > 60
     return int(link_of[i]), Point(lat=lat[i], lon=lon[i]), Point(lat=lat[i + 1], lon=lon[i + 1])
@@ -74,7 +75,8 @@ def test_vectorised_matches_one_by_one(snapper: Snapper, net: RoadNetwork) -> No
         one = snapper.snap(Point(lat=lat[i], lon=lon[i]))
         assert one == many.get(i)
     assert (many.link >= 0).all()
-    assert (many.offroad_m < 300).all()
+    assert (many.offroad_m <= DEFAULT_MAX_SNAP_M).all()
+    assert np.median(many.offroad_m) < 60  # the bounding box includes harbour water
 
 
 def test_far_points_do_not_snap(snapper: Snapper) -> None:
@@ -84,6 +86,15 @@ def test_far_points_do_not_snap(snapper: Snapper) -> None:
     many = snapper.snap_many([60.30, 60.17], [24.90, 24.94])
     assert many.link[0] == -1 and math.isinf(many.offroad_m[0]) and many.get(0) is None
     assert many.link[1] >= 0
+
+
+def test_clipped_fragments_are_not_snapped_to(net: RoadNetwork, snapper: Snapper) -> None:
+    routable = routable_links(net)
+    assert 0.8 * net.link_count < routable.sum() < net.link_count
+    fragment = int(np.flatnonzero(~routable)[0])
+    on_it = net.link_shape(fragment)[0]
+    snap = snapper.snap(on_it)
+    assert snap is not None and routable[snap.link]
 
 
 def test_empty_input(snapper: Snapper) -> None:
