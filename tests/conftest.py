@@ -4,7 +4,10 @@ test cloned from a migrated template, and the real app served over real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,17 +26,30 @@ from icp.store.embedded import EmbeddedCluster
 TEMPLATE = "icp_test_template"
 
 
+def _public_tmpdir() -> Path:
+    # Not under pytest's tmp root: pytest resets /tmp/pytest-of-<user> to 0700 whenever a session
+    # starts, and when tests run as root the cluster's own unprivileged user must traverse it.
+    return Path(tempfile.mkdtemp(prefix="icp-test-", dir=os.environ.get("ICP_TEST_TMP", "/tmp")))
+
+
+@pytest.fixture
+def cluster_dir() -> Iterator[Path]:
+    """A data directory for a test that runs embedded clusters of its own."""
+    path = _public_tmpdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
-    # tmp_path_factory lives under /tmp, outside private home folders, which the cluster's
-    # unprivileged user (when tests run as root) must be able to traverse.
-    base = Path(os.environ.get("ICP_TEST_PGROOT") or tmp_path_factory.mktemp("pg"))
+def pg_cluster() -> Iterator[EmbeddedCluster]:
+    base = _public_tmpdir()
     cluster = EmbeddedCluster(base / "pg")
     cluster.hold()
     try:
         yield cluster
     finally:
         cluster.release()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _run(coro: Awaitable[None]) -> None:
@@ -135,10 +151,8 @@ class LoopWatchdog:
     async def stop(self) -> None:
         assert self._task is not None
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
 
 
 @pytest.fixture

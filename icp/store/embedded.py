@@ -247,6 +247,8 @@ class EmbeddedCluster:
         _open_path_to(self.pgdata)
 
     def _start(self) -> None:
+        if self.system_user is not None:
+            _open_path_to(self.pgdata)  # a parent's mode may have changed since initdb
         sock = self.socket_dir
         if sock != self.pgdata:
             sock.mkdir(mode=0o700, exist_ok=True)

@@ -73,12 +73,12 @@ async def test_body_size_limit(client: TestClient, settings: Settings) -> None:
     assert body["code"] in ("body_too_large",)
 
 
-async def test_readyz_fails_while_the_database_is_down_and_recovers(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_readyz_fails_while_the_database_is_down_and_recovers(aiohttp_client, cluster_dir: Path) -> None:  # type: ignore[no-untyped-def]
     # A cluster of its own: this test stops and restarts it.
-    cluster = EmbeddedCluster(tmp_path / "pg")
+    cluster = EmbeddedCluster(cluster_dir / "pg")
     await asyncio.to_thread(cluster.hold)
     try:
-        settings = Settings(database_url=cluster.url(), data_dir=tmp_path, pool_min=1, pool_max=4,
+        settings = Settings(database_url=cluster.url(), data_dir=cluster_dir, pool_min=1, pool_max=4,
                             db_timeout_s=1.0)
         client = await aiohttp_client(create_app(settings))
         assert (await client.get("/readyz")).status == 200
