@@ -55,9 +55,7 @@ class Area:
         if not isinstance(self.name, str):
             raise AreaError(f"area {self.id!r}: name must be a string")
         if self.kind not in AREA_KINDS:
-            raise AreaError(
-                f"area {self.id!r}: kind must be one of {', '.join(AREA_KINDS)}, got {self.kind!r}"
-            )
+            raise AreaError(f"area {self.id!r}: kind must be one of {', '.join(AREA_KINDS)}, got {self.kind!r}")
         geom = self.geometry
         if not isinstance(geom, (Polygon, MultiPolygon)) or geom.is_empty:
             raise AreaError(
@@ -65,9 +63,7 @@ class Area:
                 f"got {getattr(geom, 'geom_type', type(geom).__name__)}"
             )
         if not shapely.is_valid(geom):
-            raise AreaError(
-                f"area {self.id!r}: geometry is not valid: {shapely.is_valid_reason(geom)}"
-            )
+            raise AreaError(f"area {self.id!r}: geometry is not valid: {shapely.is_valid_reason(geom)}")
 
     def contains(self, point: Point) -> bool:
         """True when `point` is inside the area or on its boundary."""
@@ -91,9 +87,7 @@ def _polygonal(geometry: BaseGeometry, where: str) -> Polygon | MultiPolygon:
         return geometry
     polygons = [g for g in shapely.get_parts(geometry) if isinstance(g, (Polygon, MultiPolygon))]
     if not polygons or len(polygons) != len(shapely.get_parts(geometry)):
-        raise AreaError(
-            f"{where}: an area must be a Polygon or MultiPolygon, not {geometry.geom_type}"
-        )
+        raise AreaError(f"{where}: an area must be a Polygon or MultiPolygon, not {geometry.geom_type}")
     merged = shapely.union_all(polygons)
     if not isinstance(merged, (Polygon, MultiPolygon)):
         raise AreaError(f"{where}: polygons merge into a {merged.geom_type}")

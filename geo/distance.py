@@ -45,8 +45,7 @@ def _checked(lats: ArrayLike, lons: ArrayLike) -> tuple[FloatArray, FloatArray]:
     lo = np.asarray(lons, dtype=np.float64)
     if la.ndim != 1 or lo.ndim != 1 or la.shape != lo.shape:
         raise CoordinateError(
-            "latitudes and longitudes must be 1-D arrays of one length, "
-            f"got {la.shape} and {lo.shape}"
+            f"latitudes and longitudes must be 1-D arrays of one length, got {la.shape} and {lo.shape}"
         )
     bad_lat = ~(np.abs(la) <= 90.0)  # written so NaN counts as bad
     if bad_lat.any():
@@ -105,7 +104,8 @@ def bbox_around(center: Point, radius_m: float) -> tuple[float, float, float, fl
     """
     if radius_m < 0 or not math.isfinite(radius_m):
         raise ValueError(f"radius must be a finite non-negative number of metres, got {radius_m}")
-    dlat = radius_m * (1.0 + HAVERSINE_MAX_RELATIVE_ERROR) / (EARTH_RADIUS_M * _DEG)
+    # The 1e-9 degrees (0.1 mm) absorbs rounding, so a radius of 0 still holds its centre.
+    dlat = radius_m * (1.0 + HAVERSINE_MAX_RELATIVE_ERROR) / (EARTH_RADIUS_M * _DEG) + 1e-9
     min_lat = max(-90.0, center.lat - dlat)
     max_lat = min(90.0, center.lat + dlat)
     widest = max(abs(min_lat), abs(max_lat))
@@ -116,6 +116,11 @@ def bbox_around(center: Point, radius_m: float) -> tuple[float, float, float, fl
     return (max(-180.0, center.lon - dlon), min_lat, min(180.0, center.lon + dlon), max_lat)
 
 
+def _local_scale(origin: Point) -> tuple[float, float]:
+    ky = EARTH_RADIUS_M * _DEG
+    return ky * math.cos(origin.lat * _DEG), ky
+
+
 def to_local_metres(geometry: BaseGeometry, origin: Point) -> BaseGeometry:
     """`geometry` (lon/lat) in an equirectangular frame in metres centred on `origin`.
 
@@ -123,8 +128,7 @@ def to_local_metres(geometry: BaseGeometry, origin: Point) -> BaseGeometry:
     10 km in Helsinki), so it serves distances of a few kilometres around `origin`, e.g. "how far
     is this street from this point", where a geodesic per segment would be far slower.
     """
-    kx = EARTH_RADIUS_M * _DEG * math.cos(origin.lat * _DEG)
-    ky = EARTH_RADIUS_M * _DEG
+    kx, ky = _local_scale(origin)
 
     def project(coords: FloatArray) -> FloatArray:
         out = np.empty_like(coords)
@@ -134,6 +138,12 @@ def to_local_metres(geometry: BaseGeometry, origin: Point) -> BaseGeometry:
 
     projected: BaseGeometry = shapely.transform(geometry, project)
     return projected
+
+
+def from_local_metres(x: float, y: float, origin: Point) -> Point:
+    """The point `x` metres east and `y` metres north of `origin` in `to_local_metres`' frame."""
+    kx, ky = _local_scale(origin)
+    return Point(lat=origin.lat + y / ky, lon=origin.lon + x / kx)
 
 
 def distance_to_geometry_m(point: Point, geometry: BaseGeometry) -> float:

@@ -110,8 +110,7 @@ class _Reader:
         ring = self.positions(obj, where, 4)
         if ring[0] != ring[-1]:
             raise GeometryError(
-                f"{where} is not closed (first position {list(ring[0])} "
-                f"differs from last {list(ring[-1])})"
+                f"{where} is not closed (first position {list(ring[0])} differs from last {list(ring[-1])})"
             )
         return ring
 
@@ -132,8 +131,7 @@ class _Reader:
         kind = obj.get("type")
         if kind not in GEOMETRY_TYPES:
             raise GeometryError(
-                f"{_at(where, 'geometry')} type must be one of {', '.join(GEOMETRY_TYPES)}; "
-                f"got {_describe(kind)}"
+                f"{_at(where, 'geometry')} type must be one of {', '.join(GEOMETRY_TYPES)}; got {_describe(kind)}"
             )
         _check_crs(obj, where)
         here = _at(where, str(kind))
@@ -141,9 +139,7 @@ class _Reader:
             members = obj.get("geometries")
             if not isinstance(members, list):
                 raise GeometryError(f"{here} needs a 'geometries' array")
-            return GeometryCollection(
-                [self.geometry(g, _at(here, f"geometry {i}")) for i, g in enumerate(members)]
-            )
+            return GeometryCollection([self.geometry(g, _at(here, f"geometry {i}")) for i, g in enumerate(members)])
         if "coordinates" not in obj:
             raise GeometryError(f"{here} has no 'coordinates'")
         coords = obj["coordinates"]
@@ -156,15 +152,11 @@ class _Reader:
             return LineString(self.positions(coords, here, 2))
         if kind == "MultiLineString":
             lines = self.parts(coords, here, "line")
-            return MultiLineString(
-                [self.positions(c, _at(here, f"line {i}"), 2) for i, c in enumerate(lines)]
-            )
+            return MultiLineString([self.positions(c, _at(here, f"line {i}"), 2) for i, c in enumerate(lines)])
         if kind == "Polygon":
             return self.polygon(coords, here)
         polygons = self.parts(coords, here, "polygon")
-        return MultiPolygon(
-            [self.polygon(c, _at(here, f"polygon {i}")) for i, c in enumerate(polygons)]
-        )
+        return MultiPolygon([self.polygon(c, _at(here, f"polygon {i}")) for i, c in enumerate(polygons)])
 
 
 def _check_crs(obj: Mapping[str, Any], where: str) -> None:
@@ -219,9 +211,7 @@ def features_from_geojson(obj: Any, *, max_positions: int = MAX_POSITIONS) -> li
         return [_feature(reader, obj, "feature")]
     if not isinstance(obj, dict) or obj.get("type") != "FeatureCollection":
         got = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
-        raise GeometryError(
-            f"expected a GeoJSON Feature or FeatureCollection, got {_describe(got)}"
-        )
+        raise GeometryError(f"expected a GeoJSON Feature or FeatureCollection, got {_describe(got)}")
     _check_crs(obj, "FeatureCollection")
     features = obj.get("features")
     if not isinstance(features, list):
@@ -244,9 +234,7 @@ def _polygon_rings(polygon: Polygon, precision: int | None) -> list[list[list[fl
     # RFC 7946 section 3.1.6: exterior counterclockwise, holes clockwise (readers must not rely
     # on it, but writers should follow it).
     p = orient(polygon, sign=1.0)
-    return [_coords(p.exterior.coords, precision)] + [
-        _coords(r.coords, precision) for r in p.interiors
-    ]
+    return [_coords(p.exterior.coords, precision)] + [_coords(r.coords, precision) for r in p.interiors]
 
 
 def geometry_to_geojson(geometry: BaseGeometry, *, precision: int | None = None) -> dict[str, Any]:
@@ -283,18 +271,12 @@ def feature_to_geojson(feature: Feature, *, precision: int | None = None) -> dic
     out: dict[str, Any] = {"type": "Feature"}
     if feature.id is not None:
         out["id"] = feature.id
-    out["geometry"] = (
-        None
-        if feature.geometry is None
-        else geometry_to_geojson(feature.geometry, precision=precision)
-    )
+    out["geometry"] = None if feature.geometry is None else geometry_to_geojson(feature.geometry, precision=precision)
     out["properties"] = dict(feature.properties)
     return out
 
 
-def feature_collection_to_geojson(
-    features: Iterable[Feature], *, precision: int | None = None
-) -> dict[str, Any]:
+def feature_collection_to_geojson(features: Iterable[Feature], *, precision: int | None = None) -> dict[str, Any]:
     """Features as a GeoJSON FeatureCollection object."""
     return {
         "type": "FeatureCollection",
@@ -364,17 +346,21 @@ def parse_cap_polygon(text: str, *, max_positions: int = MAX_POSITIONS) -> Polyg
         raise GeometryError(f"CAP polygon has {len(tokens)} pairs, needs at least 4")
     points = [_cap_point(t, f"CAP polygon pair {i}") for i, t in enumerate(tokens)]
     if points[0] != points[-1]:
-        raise GeometryError(
-            f"CAP polygon is not closed (first pair {tokens[0]!r} differs from last {tokens[-1]!r})"
-        )
+        raise GeometryError(f"CAP polygon is not closed (first pair {tokens[0]!r} differs from last {tokens[-1]!r})")
     return Polygon([(p.lon, p.lat) for p in points])
+
+
+def _decimal(value: float) -> str:
+    # CAP's schema allows plain decimals only; repr would write 1e-06. This is still the shortest
+    # text that reads back to the same float.
+    return np.format_float_positional(value, trim="-")
 
 
 def cap_polygon_text(polygon: Polygon) -> str:
     """A Polygon (x=lon, y=lat; no holes, which CAP cannot express) as CAP ``lat,lon`` pairs."""
     if polygon.is_empty or polygon.interiors:
         raise GeometryError("a CAP polygon is one non-empty ring without holes")
-    return " ".join(f"{lat!r},{lon!r}" for lon, lat in _coords(polygon.exterior.coords, None))
+    return " ".join(f"{_decimal(lat)},{_decimal(lon)}" for lon, lat in _coords(polygon.exterior.coords, None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,7 +429,7 @@ def parse_cap_circle(text: str) -> Circle:
 
 def cap_circle_text(circle: Circle) -> str:
     """A `Circle` as CAP ``"lat,lon radius_km"``."""
-    return f"{circle.center.lat!r},{circle.center.lon!r} {circle.radius_m / 1000.0!r}"
+    return f"{_decimal(circle.center.lat)},{_decimal(circle.center.lon)} {_decimal(circle.radius_m / 1000.0)}"
 
 
 # --- axis-order mistakes -------------------------------------------------------------------------

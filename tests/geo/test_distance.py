@@ -1,0 +1,147 @@
+"""Vectorised distances agree with the exact geodesic within the stated tolerance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geo.coords import CoordinateError, Point, geodesic_m
+from geo.distance import (
+    HAVERSINE_MAX_RELATIVE_ERROR,
+    PointIndex,
+    as_arrays,
+    bbox_around,
+    distance_to_geometry_m,
+    from_local_metres,
+    haversine_m,
+    nearest_k,
+    to_local_metres,
+)
+
+lats = st.floats(min_value=-89.9, max_value=89.9, allow_nan=False)
+lons = st.floats(min_value=-180, max_value=180, allow_nan=False)
+points = st.builds(Point, lat=lats, lon=lons)
+HELSINKI = Point(lat=60.1699, lon=24.9384)
+
+
+@settings(max_examples=300)
+@given(points, points)
+def test_haversine_within_stated_tolerance_of_geodesic(a: Point, b: Point) -> None:
+    exact = geodesic_m(a, b)
+    fast = float(haversine_m(a, [b.lat], [b.lon])[0])
+    assert abs(fast - exact) <= HAVERSINE_MAX_RELATIVE_ERROR * exact + 1e-6
+
+
+@pytest.mark.parametrize("lat", [-89.9, -45.0, 0.0, 45.0, 60.17, 89.9])
+@pytest.mark.parametrize(("dlat", "dlon"), [(0.01, 0.0), (0.0, 0.01), (0.007, 0.007), (1.0, 0.0)])
+def test_haversine_tolerance_holds_at_the_worst_places(lat: float, dlat: float, dlon: float) -> None:
+    # Short north-south hops near the poles and the equator are where sphere and ellipsoid differ most.
+    a = Point(lat=lat, lon=10.0)
+    b = Point(lat=max(-90.0, min(90.0, lat + dlat)), lon=10.0 + dlon)
+    exact = geodesic_m(a, b)
+    assert abs(float(haversine_m(a, [b.lat], [b.lon])[0]) - exact) <= HAVERSINE_MAX_RELATIVE_ERROR * exact
+
+
+def test_nearest_k_ranks_like_the_exact_geodesic() -> None:
+    rng = np.random.default_rng(7)
+    lat = 60.17 + rng.uniform(-0.2, 0.2, 5000)
+    lon = 24.94 + rng.uniform(-0.4, 0.4, 5000)
+    idx, dist = nearest_k(HELSINKI, lat, lon, 10)
+    exact = np.array([geodesic_m(HELSINKI, Point(float(a), float(b))) for a, b in zip(lat, lon, strict=True)])
+    assert list(idx) == list(np.argsort(exact, kind="stable")[:10])
+    assert np.all(np.diff(dist) >= 0)
+    assert np.allclose(dist, exact[idx], rtol=HAVERSINE_MAX_RELATIVE_ERROR)
+
+
+def test_nearest_k_edges() -> None:
+    lat, lon = as_arrays([Point(60.0, 25.0), Point(60.0, 25.01), Point(60.0, 25.0)])
+    idx, dist = nearest_k(Point(60.0, 25.0), lat, lon, 5)
+    assert list(idx) == [0, 2, 1]  # a tie keeps input order; fewer than k come back
+    assert dist[0] == 0.0
+    idx, _ = nearest_k(Point(60.0, 25.0), lat, lon, 5, max_m=100.0)
+    assert list(idx) == [0, 2]
+    idx, dist = nearest_k(HELSINKI, [], [], 3)
+    assert idx.size == 0 and dist.size == 0
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        nearest_k(HELSINKI, lat, lon, 0)
+
+
+@pytest.mark.parametrize(
+    ("lats_", "lons_", "message"),
+    [
+        ([60.0, 95.0], [25.0, 25.0], "coordinate 1: latitude 95.0"),
+        ([60.0, math.nan], [25.0, 25.0], "coordinate 1: latitude nan"),
+        ([60.0], [190.0], "coordinate 0: longitude 190.0"),
+        ([60.0, 61.0], [25.0], "one length"),
+    ],
+)
+def test_bad_arrays_are_refused_naming_the_coordinate(lats_: list[float], lons_: list[float], message: str) -> None:
+    with pytest.raises(CoordinateError, match=message):
+        haversine_m(HELSINKI, lats_, lons_)
+
+
+def test_ranking_ten_thousand_points_is_fast() -> None:
+    import time
+
+    rng = np.random.default_rng(1)
+    lat = rng.uniform(-90, 90, 10_000)
+    lon = rng.uniform(-180, 180, 10_000)
+    started = time.perf_counter()
+    for _ in range(20):
+        nearest_k(HELSINKI, lat, lon, 25)
+    assert (time.perf_counter() - started) / 20 < 0.02
+
+
+@settings(max_examples=200)
+@given(points, st.floats(min_value=0, max_value=50_000), st.floats(0, 360), st.floats(0, 1))
+def test_bbox_around_holds_every_point_within_radius(centre: Point, radius: float, bearing: float, frac: float) -> None:
+    from geopy.distance import geodesic
+
+    dest = geodesic(meters=radius * frac).destination((centre.lat, centre.lon), bearing)
+    min_lon, min_lat, max_lon, max_lat = bbox_around(centre, radius)
+    assert min_lat <= dest.latitude <= max_lat
+    if max_lon - min_lon < 360 and min_lon > -180 and max_lon < 180:  # not clipped at the antimeridian
+        assert min_lon <= dest.longitude <= max_lon
+
+
+def test_point_index_matches_brute_force_including_antimeridian() -> None:
+    rng = np.random.default_rng(3)
+    lat = rng.uniform(-80, 80, 2000)
+    lon = rng.uniform(-180, 180, 2000)
+    index = PointIndex(lat, lon)
+    assert len(index) == 2000
+    for q in (HELSINKI, Point(0.0, 179.99), Point(-10.0, -179.99), Point(89.0, 0.0)):
+        brute = haversine_m(q, lat, lon)
+        hit = index.nearest(q)
+        assert hit is not None
+        assert hit[0] == int(np.argmin(brute))
+        assert math.isclose(hit[1], float(brute.min()), rel_tol=1e-9, abs_tol=1e-6)
+        idx, dist = index.within(q, 800_000.0)
+        assert sorted(idx.tolist()) == np.flatnonzero(brute <= 800_000.0).tolist()
+        assert np.all(np.diff(dist) >= 0)
+
+
+def test_point_index_bounds() -> None:
+    index = PointIndex([60.0], [25.0])
+    assert index.nearest(Point(60.0, 25.001), max_m=10.0) is None
+    hit = index.nearest(Point(60.0, 25.001), max_m=100.0)
+    assert hit is not None and 55 < hit[1] < 56
+    assert PointIndex([], []).nearest(HELSINKI) is None
+    assert PointIndex([], []).within(HELSINKI, 1e6)[0].size == 0
+
+
+def test_local_frame_distances_match_geodesic_nearby() -> None:
+    street = shapely.LineString([(24.94, 60.17), (24.95, 60.17)])
+    for q in (Point(60.171, 24.945), Point(60.168, 24.938), Point(60.17, 24.945)):
+        # The geodesic to the nearest point of the line, found by brute force along it.
+        exact = min(geodesic_m(q, Point(60.17, 24.94 + i * 0.00001)) for i in range(1001))
+        assert abs(distance_to_geometry_m(q, street) - exact) <= 0.006 * exact + 0.05
+    local = to_local_metres(street, HELSINKI)
+    x, y = local.coords[0]
+    back = from_local_metres(x, y, HELSINKI)
+    assert math.isclose(back.lon, 24.94, abs_tol=1e-9) and math.isclose(back.lat, 60.17, abs_tol=1e-9)
