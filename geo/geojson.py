@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,10 @@ GEOMETRY_TYPES = (
 )
 
 
+# JSON arrays arrive as lists; tuples come from Python callers (shapely's __geo_interface__).
+_ARRAY = (list, tuple)
+
+
 class GeometryError(ValueError):
     """A shape is malformed, out of range or invalid; the message names the offending part."""
 
@@ -87,7 +91,7 @@ class _Reader:
         self.remaining = max_positions
 
     def positions(self, obj: Any, where: str, minimum: int) -> list[tuple[float, float]]:
-        if not isinstance(obj, list):
+        if not isinstance(obj, _ARRAY):
             raise GeometryError(f"{where} must be an array of positions, got {_describe(obj)}")
         if len(obj) < minimum:
             raise GeometryError(f"{where} has {len(obj)} positions, needs at least {minimum}")
@@ -115,13 +119,13 @@ class _Reader:
         return ring
 
     def polygon(self, obj: Any, where: str) -> Polygon:
-        if not isinstance(obj, list) or not obj:
+        if not isinstance(obj, _ARRAY) or not obj:
             raise GeometryError(f"{where} must be a non-empty array of linear rings")
         rings = [self.ring(r, _at(where, f"ring {i}")) for i, r in enumerate(obj)]
         return Polygon(rings[0], rings[1:])
 
-    def parts(self, obj: Any, where: str, noun: str) -> list[Any]:
-        if not isinstance(obj, list) or not obj:
+    def parts(self, obj: Any, where: str, noun: str) -> Sequence[Any]:
+        if not isinstance(obj, _ARRAY) or not obj:
             raise GeometryError(f"{where} coordinates must be a non-empty array of {noun}s")
         return obj
 
@@ -137,7 +141,7 @@ class _Reader:
         here = _at(where, str(kind))
         if kind == "GeometryCollection":
             members = obj.get("geometries")
-            if not isinstance(members, list):
+            if not isinstance(members, _ARRAY):
                 raise GeometryError(f"{here} needs a 'geometries' array")
             return GeometryCollection([self.geometry(g, _at(here, f"geometry {i}")) for i, g in enumerate(members)])
         if "coordinates" not in obj:
@@ -214,7 +218,7 @@ def features_from_geojson(obj: Any, *, max_positions: int = MAX_POSITIONS) -> li
         raise GeometryError(f"expected a GeoJSON Feature or FeatureCollection, got {_describe(got)}")
     _check_crs(obj, "FeatureCollection")
     features = obj.get("features")
-    if not isinstance(features, list):
+    if not isinstance(features, _ARRAY):
         raise GeometryError("FeatureCollection needs a 'features' array")
     return [_feature(reader, f, f"feature {i}") for i, f in enumerate(features)]
 
