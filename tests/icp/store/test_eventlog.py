@@ -335,3 +335,18 @@ def test_canonical_form_survives_a_jsonb_round_trip(db_url: str) -> None:
             assert read == written
 
     check()
+
+
+def test_envelope_is_the_canonical_json_of_the_whole_event() -> None:
+    at = datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=UTC)
+    actor = {"kind": "user", "id": "7", "name": "Äli \"quoted\"", "role": "dispatcher"}
+    data = {"b": [1.0, 2.5, "ß\n"], "a": {"z": None, "y": True}}
+    envelope = eventlog._envelope(
+        42, eventlog.format_at(at), "incident.created", "incident:7\u2028", ("police", "fire"),
+        eventlog.canonical_json(actor), eventlog.canonical_json(data),
+    )
+    whole = eventlog.canonical_json({
+        "seq": 42, "at": "2026-11-21T12:00:00.123456Z", "type": "incident.created", "subject": "incident:7\u2028",
+        "visibility": ["fire", "police"], "actor": actor, "data": data,
+    })
+    assert envelope == whole.encode("utf-8")
