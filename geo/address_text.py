@@ -152,13 +152,25 @@ def _split_number(tokens: list[str]) -> tuple[list[str], HouseNumber | None, lis
 
 
 def parse_query(text: str) -> AddressQuery:
-    """Split ``"Mannerheimintie 10 A, 00100 Helsinki"`` into name, number and locality words."""
-    head, _, tail = text.partition(",")
-    tokens = head.split()
-    name_tokens, number, rest = _split_number(tokens)
+    """Split ``"Mannerheimintie 10 A, 00100 Helsinki"`` into name, number and locality words.
+
+    Of several comma-separated parts, the address is the first that holds a name and a house
+    number: parts before it name a building or shop ("Kaivopiha, Mannerheimintie 3"), parts
+    after it the locality. Without one, the first part is the name.
+    """
+    parts = [p.split() for p in text.split(",")]
+    chosen, split = 0, _split_number(parts[0])
+    for i, tokens in enumerate(parts[1:], start=1):
+        if split[1] is not None:
+            break
+        candidate = _split_number(tokens)
+        # Only "name number" counts here: a leading number after a comma is a postcode.
+        if candidate[1] is not None and tokens and not tokens[0][0].isdigit():
+            chosen, split = i, candidate
+    name_tokens, number, rest = split
     # Words after the number ("Mannerheimintie 10 Helsinki") name the locality; a bare number
     # there is a flat, unless it has a postcode's length.
-    extra = tuple(w for w in rest if not w.isdigit() or len(w) == 5)
+    extra = tuple(w for w in rest if (not w.isdigit() or len(w) == 5) and len(w) > 1)
+    tail = " ".join(" ".join(tokens) for tokens in parts[chosen + 1 :])
     name = " ".join(name_tokens)
-    locality = tuple(fold(tail).split()) + tuple(w for w in extra if len(w) > 1)
-    return AddressQuery(name=name, key=match_key(name), number=number, locality=locality)
+    return AddressQuery(name=name, key=match_key(name), number=number, locality=tuple(fold(tail).split()) + extra)

@@ -18,8 +18,9 @@ import json
 import math
 import os
 import re
+import zipfile
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,7 +295,10 @@ def _collect(obj: Any, shape: tuple[float, float] | None, building: bool, out: _
     address = -1
     number_text = tags.get("addr:housenumber")
     # Finnish and Swedish rural addresses name a village instead of a street (addr:place).
-    street = tags.get("addr:street") or tags.get("addr:place")
+    street = tags.get("addr:street") or tags.get("addr:place") or ""
+    # "Kaivopiha, Mannerheimintie": a mall or building name put before the street. The street
+    # is the last part; the name is kept where it belongs, on the place.
+    street = street.rsplit(",", 1)[-1]
     if number_text and street:
         number = parse_house_number(number_text)
         if number is None:
@@ -544,7 +548,7 @@ def _load(path: Path) -> _Tables:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise GazetteerCacheError(f"cannot read gazetteer cache {path}: {exc}") from None
     try:
         header = json.loads(arrays.pop("header").tobytes().decode())
@@ -692,6 +696,14 @@ class Gazetteer:
             "street_lines": len(self._t.line_street),
             "places": len(self._t.place_names),
         }
+
+    def addresses(self) -> Iterator[GeocodeResult]:
+        """Every address at its point (score 100), in build order; e.g. to put demo incidents at
+        real addresses, or to check a build."""
+        t = self._t
+        for a in range(len(t.addr_street)):
+            point = Point(float(t.addr_lat[a]), float(t.addr_lon[a]))
+            yield GeocodeResult(label=self._address_label(a), point=point, kind="address", score=100.0)
 
     # --- labels -----------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ GEOCODE_KINDS: tuple[GeocodeKind, ...] = get_args(GeocodeKind)
 # and a locality while keeping fuzzy matching cheap and log lines short.
 MAX_QUERY_CHARS = 200
 MAX_LIMIT = 50
+MAX_LABEL_CHARS = 400  # an external service's label is cut here; it is display text, not data
 
 
 class GeocodeQueryError(ValueError):
@@ -154,6 +155,11 @@ class GeopyGeocoder:
         self._timeout = timeout_s
         self.source = source
 
+    @property
+    def backend(self) -> GeopyBackend:
+        """The wrapped geopy geocoder."""
+        return self._backend
+
     def _result(self, loc: GeopyLocation, rank: int, distance_from: Point | None) -> GeocodeResult:
         try:
             point = Point(lat=float(loc.latitude), lon=float(loc.longitude))
@@ -163,7 +169,7 @@ class GeopyGeocoder:
         if distance_from is not None:
             distance = geodesic_m(distance_from, point)
         return GeocodeResult(
-            label=str(loc.address)[: MAX_QUERY_CHARS * 2],
+            label=str(loc.address)[:MAX_LABEL_CHARS],
             point=point,
             kind=_kind_of(loc.raw),
             score=max(0.0, 100.0 - 5.0 * rank),
