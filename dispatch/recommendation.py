@@ -17,19 +17,21 @@ The rules, in the order they apply:
    ``margin_s`` more (so it wins only when faster by more than the margin), then home before
    mutual aid, then unit id. A home agency that cannot fill a requirement is simply outranked
    by nobody, so partners fill it whatever the margin.
-5. **One unit, one requirement**. Requirements are served one unit at a time, always the open
-   requirement with the least slack (in-range candidates left minus units still needed; ties in
-   plan order). Within it the best-ranked unit is taken unless taking it would leave another
-   open requirement without enough in-range candidates while a later-ranked unit would not,
-   so a quint (ENGINE + LADDER) is kept for the LADDER when ordinary engines are at hand.
+5. **One unit, one requirement**, matched as a whole: as many requirement slots as possible are
+   filled, and among such fillings the one with the least total effective ETA is chosen (a
+   min-cost assignment, computed by successive shortest paths over the handful of requirement
+   nodes). So a quint (ENGINE + LADDER) goes where it saves the most time, usually the scarce
+   LADDER, and no unpicked unit could take a pick's place in the same requirement and arrive
+   sooner. When a nearer unit was used for another requirement, the pick's reason says so.
 6. Units already working the incident fill requirements first (the capability they were
-   dispatched for, else the open requirement with the least slack they can fill).
+   dispatched for, else the first open requirement they can fill, in plan order).
 
 The result is deterministic for the same inputs, whatever the order of ``units``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -166,9 +168,17 @@ class _Candidate:
         self.pickable = False
         self.slot = 0  # index of its origin in the travel query
 
+    def cost(self, cap: Capability) -> float:
+        """Effective ETA for ``cap``: a mutual-aid unit carries its margin."""
+        return self.eta + (self.margins[cap] or 0.0)
+
     def key(self, cap: Capability) -> tuple[float, int, str]:
-        margin = self.margins[cap]
-        return (self.eta + (margin or 0.0), 0 if margin is None else 1, self.unit.id)
+        """Rank within a requirement: effective ETA, then home before partner, then id."""
+        return (self.cost(cap), 0 if self.margins[cap] is None else 1, self.unit.id)
+
+
+# A requirement's candidates, sorted by rank: (key, candidate).
+_Pool = list[tuple[tuple[float, int, str], _Candidate]]
 
 
 def recommend(
@@ -235,7 +245,7 @@ def recommend(
     if len(estimates) != len(slot):
         raise ValueError("the travel timer returned a different number of estimates than origins")
 
-    pools: dict[Capability, list[tuple[tuple[float, int, str], _Candidate]]] = {c: [] for c in order}
+    pools: dict[Capability, _Pool] = {c: [] for c in order}
     beyond_search: dict[Capability, list[_Candidate]] = {c: [] for c in order}
     for cand in candidates:
         est = estimates[cand.slot]
@@ -250,30 +260,19 @@ def recommend(
             pools[cap].append((cand.key(cap), cand))
     for pool in pools.values():
         pool.sort(key=lambda item: item[0])
-    supply = {cap: sum(1 for _, cand in pool if cand.pickable) for cap, pool in pools.items()}
-
     picks: list[tuple[int, Pick]] = []
     # Units already on the incident count first.
     for unit in sorted(already, key=lambda u: u.id):
-        fills = _already_fills(unit, assigned[unit.id], remaining, supply, order)
+        fills = _already_fills(unit, assigned[unit.id], remaining, order)
         if fills is None:
             continue
         remaining[fills] -= 1
         picks.append((order[fills], _assigned_pick(unit, fills, agencies)))
 
-    taken: dict[str, Capability] = {}
-    while True:
-        open_caps = [c for c in order if remaining[c] > 0 and supply[c] > 0]
-        if not open_caps:
-            break
-        cap = min(open_caps, key=lambda c: (supply[c] - remaining[c], order[c]))
-        chosen = _choose(pools[cap], cap, taken, remaining, supply)
-        taken[chosen.unit.id] = cap
-        remaining[cap] -= 1
-        for c in chosen.caps:
-            supply[c] -= 1
-        reason_tail = _tag(chosen, cap, pools[cap], taken, home, agencies, opts)
-        picks.append((order[cap], _pick(chosen, cap, agencies, reason_tail)))
+    taken = _match(pools, remaining, order)
+    for cand, cap in _picked(taken, candidates):
+        tag = _tag(cand, cap, pools[cap], taken, home, agencies, opts)
+        picks.append((order[cap], _pick(cand, cap, agencies, tag + _nearer(cand, cap, pools[cap], taken))))
 
     shortfalls = [
         _shortfall(r, remaining[r.capability], pools[r.capability], beyond_search[r.capability],
@@ -329,38 +328,89 @@ def _already_fills(
     unit: Unit,
     hint: Capability | None,
     remaining: Mapping[Capability, int],
-    supply: Mapping[Capability, int],
     order: Mapping[Capability, int],
 ) -> Capability | None:
     if hint is not None and remaining.get(hint, 0) > 0:
         return hint
-    options = [c for c in order if c in unit.capabilities and remaining[c] > 0]
-    if not options:
-        return None
-    return min(options, key=lambda c: (supply[c] - remaining[c], order[c]))
+    return next((c for c in order if c in unit.capabilities and remaining[c] > 0), None)
 
 
-def _choose(
-    pool: list[tuple[tuple[float, int, str], _Candidate]],
-    cap: Capability,
-    taken: Mapping[str, Capability],
-    remaining: Mapping[Capability, int],
-    supply: Mapping[Capability, int],
-) -> _Candidate:
-    first: _Candidate | None = None
-    for _, cand in pool:
-        if not cand.pickable or cand.unit.id in taken:
-            continue
-        if first is None:
-            first = cand
-        critical = any(
-            other is not cap and remaining[other] > 0 and supply[other] - 1 < remaining[other]
-            for other in cand.caps
-        )
-        if not critical:
-            return cand
-    assert first is not None  # supply[cap] > 0 guarantees one
-    return first
+def _match(
+    pools: Mapping[Capability, _Pool], remaining: dict[Capability, int], order: Mapping[Capability, int]
+) -> dict[str, Capability]:
+    """Unit id → the requirement it fills: maximum slots filled, then least total cost.
+
+    Successive shortest paths on a graph whose only inner nodes are the requirements: entering
+    requirement ``c`` costs the best free unit's effective ETA for ``c``, and passing from ``c``
+    to ``d`` moves a unit already picked for ``c`` over to ``d`` (its cost for ``d`` minus its
+    cost for ``c``). Each round adds one unit along the cheapest such path, until no
+    requirement can gain one. With ten capabilities the graph is tiny; the pools are sorted
+    once, and a cursor per pool finds the best free unit in amortised constant time.
+    """
+    at: dict[Capability, list[_Candidate]] = {c: [] for c in order}
+    taken: dict[str, Capability] = {}
+    cursor = dict.fromkeys(order, 0)
+
+    def best_free(cap: Capability) -> _Candidate | None:
+        pool, i = pools[cap], cursor[cap]
+        while i < len(pool) and (not pool[i][1].pickable or pool[i][1].unit.id in taken):
+            i += 1
+        cursor[cap] = i
+        return pool[i][1] if i < len(pool) else None
+
+    while any(n > 0 for n in remaining.values()):
+        dist: dict[Capability, float] = {}
+        via: dict[Capability, tuple[Capability | None, _Candidate]] = {}
+        for cap in order:
+            free = best_free(cap)
+            if free is not None:
+                dist[cap], via[cap] = free.cost(cap), (None, free)
+        for _ in range(len(order)):  # Bellman-Ford: no negative cycles arise in this scheme
+            changed = False
+            for here in order:
+                if here not in dist:
+                    continue
+                for unit in at[here]:
+                    for there in unit.caps:
+                        d = dist[here] + unit.cost(there) - unit.cost(here)
+                        if there is not here and d < dist.get(there, math.inf) - 1e-9:
+                            dist[there], via[there], changed = d, (here, unit), True
+            if not changed:
+                break
+        ends = [c for c in order if remaining[c] > 0 and c in dist]
+        if not ends:
+            break
+        end = min(ends, key=lambda c: (dist[c], order[c]))
+        remaining[end] -= 1
+        cap = end
+        while True:  # walk the path back, moving each unit one requirement along
+            came_from, cand = via[cap]
+            if came_from is not None:
+                at[came_from].remove(cand)
+            at[cap].append(cand)
+            taken[cand.unit.id] = cap
+            if came_from is None:
+                break
+            cap = came_from
+    return taken
+
+
+def _picked(
+    taken: Mapping[str, Capability], candidates: Sequence[_Candidate]
+) -> list[tuple[_Candidate, Capability]]:
+    return [(cand, taken[cand.unit.id]) for cand in candidates if cand.unit.id in taken]
+
+
+def _nearer(cand: _Candidate, cap: Capability, pool: _Pool, taken: Mapping[str, Capability]) -> str:
+    """Name a better-ranked unit for this requirement that was used for another one."""
+    mine = cand.key(cap)
+    for key, other in pool:
+        if key >= mine:
+            break
+        used_for = taken.get(other.unit.id)
+        if used_for is not None and used_for is not cap and other.eta < cand.eta:
+            return f"; {other.unit.call_sign}, nearer, is picked for {used_for.value}"
+    return ""
 
 
 def _travel(cand: _Candidate) -> str:
@@ -377,7 +427,7 @@ def _agency_name(agencies: Mapping[str, Agency], agency_id: str) -> str:
 def _tag(
     cand: _Candidate,
     cap: Capability,
-    pool: list[tuple[tuple[float, int, str], _Candidate]],
+    pool: _Pool,
     taken: Mapping[str, Capability],
     home: frozenset[str],
     agencies: Mapping[str, Agency],
@@ -390,22 +440,18 @@ def _tag(
     if margin is None:
         return "home agency"
     partner = _agency_name(agencies, cand.unit.agency_id)
-    best_home = next(
-        (c for _, c in pool if c.margins[cap] is None and c.pickable and c.unit.id not in taken),
-        None,
-    )
-    if best_home is None:
-        within = format_duration(opts.max_travel_s)
+    homes = [c for _, c in pool if c.margins[cap] is None and c.pickable]
+    # The matching is optimal, so any home unit left unpicked is slower by at least the margin.
+    spare = next((c for c in homes if c.unit.id not in taken), None)
+    within = format_duration(opts.max_travel_s)
+    if spare is None and homes:
+        return f"mutual aid from {partner}: every home-agency {cap.value} within {within} is picked"
+    if spare is None:
         return f"mutual aid from {partner}: no home-agency {cap.value} within {within}"
-    if best_home.key(cap) < cand.key(cap):
-        return (
-            f"mutual aid from {partner}: {best_home.unit.call_sign}, nearer, "
-            "is kept for another requirement"
-        )
     return (
-        f"mutual aid from {partner}: {format_duration(best_home.eta - cand.eta)} faster than "
-        f"{best_home.unit.call_sign} ({format_duration(best_home.eta)}), "
-        f"more than the {format_duration(margin)} margin"
+        f"mutual aid from {partner}: {format_duration(spare.eta - cand.eta)} faster than "
+        f"{spare.unit.call_sign} of {_agency_name(agencies, spare.unit.agency_id)} "
+        f"({format_duration(spare.eta)}); margin {format_duration(margin)}"
     )
 
 
@@ -458,7 +504,7 @@ def _names(units: Sequence[Unit], agencies: Mapping[str, Agency], what: str) -> 
 def _shortfall(
     req: Requirement,
     missing: int,
-    pool: list[tuple[tuple[float, int, str], _Candidate]],
+    pool: _Pool,
     beyond_search: list[_Candidate],
     idle: list[Unit],
     taken: Mapping[str, Capability],
