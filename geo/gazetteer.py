@@ -147,7 +147,10 @@ _INT_COLUMNS = ("line_offsets", "line_street", "addr_street_id", "point_addr", "
 
 
 def _check_tables(t: _Tables) -> None:
-    """Raise GazetteerCacheError unless the columns agree with each other (a cache may be damaged)."""
+    """Raise GazetteerCacheError unless the columns agree with each other and hold real positions.
+
+    Run on every construction: a cache file may be damaged or written by something else.
+    """
     n_streets, n_addr, n_points, n_places = (
         len(t.street_names),
         len(t.addr_street),
@@ -193,6 +196,16 @@ def _check_tables(t: _Tables) -> None:
     for names in (t.street_names, t.place_names):
         if any(not n for n in names):
             raise GazetteerCacheError("an entry has no name")
+    for what, lats, lons in (
+        ("street", t.street_lat, t.street_lon),
+        ("street line", t.line_coords[:, 1], t.line_coords[:, 0]),
+        ("address", t.addr_lat, t.addr_lon),
+        ("address point", t.point_lat, t.point_lon),
+        ("place", t.place_lat, t.place_lon),
+    ):
+        # Written so that NaN fails too.
+        if not (np.all(np.abs(lats) <= 90.0) and np.all(np.abs(lons) <= 180.0)):
+            raise GazetteerCacheError(f"{what} coordinates are out of range")
 
 
 # --- reading OpenStreetMap -------------------------------------------------------------------------
@@ -224,7 +237,6 @@ class _Collector:
     addresses: list[_RawAddress] = field(default_factory=list)
     places: list[_RawPlace] = field(default_factory=list)
     streets: list[tuple[list[str], list[LineString]]] = field(default_factory=list)
-    skipped_numbers: int = 0
 
 
 def _names(tags: Any) -> list[str]:
@@ -286,37 +298,33 @@ def _area_shape(area: Any) -> BaseGeometry | None:
     return shape if shape.is_valid else shapely.make_valid(shape)
 
 
-def _collect(obj: Any, shape: tuple[float, float] | None, building: bool, out: _Collector) -> None:
-    """Record the address and the place that one OSM object carries, at (lat, lon) `shape`."""
-    if shape is None:
+def _collect(obj: Any, at: tuple[float, float] | None, building: bool, out: _Collector) -> None:
+    """Record the address and the place that one OSM object carries, at `at` (lat, lon)."""
+    if at is None:
         return
-    lat, lon = shape
+    lat, lon = at
     tags = obj.tags
     address = -1
-    number_text = tags.get("addr:housenumber")
+    number_text = tags.get("addr:housenumber") or ""
+    number = parse_house_number(number_text)
     # Finnish and Swedish rural addresses name a village instead of a street (addr:place).
-    street = tags.get("addr:street") or tags.get("addr:place") or ""
-    # "Kaivopiha, Mannerheimintie": a mall or building name put before the street. The street
-    # is the last part; the name is kept where it belongs, on the place.
-    street = street.rsplit(",", 1)[-1]
-    if number_text and street:
-        number = parse_house_number(number_text)
-        if number is None:
-            out.skipped_numbers += 1
-        else:
-            address = len(out.addresses)
-            out.addresses.append(
-                _RawAddress(
-                    street=street.strip(),
-                    number=number,
-                    number_text=number_text.split(",")[0].strip(),
-                    city=(tags.get("addr:city") or "").strip(),
-                    postcode=(tags.get("addr:postcode") or "").strip(),
-                    lat=lat,
-                    lon=lon,
-                    building=building,
-                )
+    # "Kaivopiha, Mannerheimintie" puts a mall's name before the street: the street is the last
+    # part (the mall is found by its own name, as a place).
+    street = (tags.get("addr:street") or tags.get("addr:place") or "").rsplit(",", 1)[-1].strip()
+    if number is not None and street:
+        address = len(out.addresses)
+        out.addresses.append(
+            _RawAddress(
+                street=street,
+                number=number,
+                number_text=number_text.split(",")[0].strip(),
+                city=(tags.get("addr:city") or "").strip(),
+                postcode=(tags.get("addr:postcode") or "").strip(),
+                lat=lat,
+                lon=lon,
+                building=building,
             )
+        )
     category = next((f"{k}={tags.get(k)}" for k in PLACE_KEYS if k in tags), None)
     if category is not None and "name" in tags and "highway" not in tags:
         out.places.append(_RawPlace(_names(tags), category, lat, lon, address))
@@ -570,9 +578,7 @@ def _load(path: Path) -> _Tables:
                 raise GazetteerCacheError(f"cache column {name} is missing or not {np.dtype(dtype)}")
             columns[name] = array
     source = header.get("source")
-    tables = _Tables(**columns, source=source if isinstance(source, dict) else {})
-    _check_tables(tables)
-    return tables
+    return _Tables(**columns, source=source if isinstance(source, dict) else {})
 
 
 # --- the gazetteer ----------------------------------------------------------------------------------
@@ -743,13 +749,17 @@ class Gazetteer:
         t = self._t
         best: dict[tuple[GeocodeKind, str], GeocodeResult] = {}
 
-        def offer(kind: GeocodeKind, label: str, lat: float, lon: float, score: float) -> None:
+        def offer(kind: GeocodeKind, label: str, lat: float, lon: float, score: float, category: str = "") -> None:
             if score < MIN_SCORE:
                 return
             current = best.get((kind, label))
             if current is None or score > current.score:
                 best[(kind, label)] = GeocodeResult(
-                    label=label, point=Point(lat, lon), kind=kind, score=min(score, 100.0)
+                    label=label,
+                    point=Point(float(lat), float(lon)),
+                    kind=kind,
+                    score=min(score, 100.0),
+                    category=category or None,
                 )
 
         if q.number is not None:
@@ -775,7 +785,8 @@ class Gazetteer:
                     if a >= 0
                     else (0.95 if q.locality else 1.0)
                 )
-                offer("place", self._place_label(p), t.place_lat[p], t.place_lon[p], similarity * place)
+                score = similarity * place
+                offer("place", self._place_label(p), t.place_lat[p], t.place_lon[p], score, t.place_category[p])
 
         ranked = sorted(best.values(), key=lambda r: (-r.score, _KIND_ORDER[r.kind], r.label))
         return ranked[:limit]

@@ -46,6 +46,7 @@ class GeocodeResult:
     `score` runs from 0 to 100; results of one query are ordered by it. It compares results of
     one geocoder, not of two. `distance_m` is set by reverse geocoding: how far the query point
     is from what was found. `source` names the geocoder ("gazetteer", "nominatim", ...).
+    `category` says what a place is, as OpenStreetMap tags it (``"amenity=fire_station"``).
     """
 
     label: str
@@ -54,6 +55,7 @@ class GeocodeResult:
     score: float
     distance_m: float | None = None
     source: str = "gazetteer"
+    category: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in GEOCODE_KINDS:
@@ -73,6 +75,7 @@ class GeocodeResult:
             "lon": self.point.lon,
             "distance_m": None if self.distance_m is None else round(self.distance_m, 1),
             "source": self.source,
+            "category": self.category,
         }
 
 
@@ -141,6 +144,13 @@ def _kind_of(raw: Any) -> GeocodeKind:
     return "place"
 
 
+def _category_of(raw: Any) -> str | None:
+    # Nominatim reports the OSM tag it matched as class and type, the gazetteer's own convention.
+    if isinstance(raw, dict) and isinstance(raw.get("class"), str) and isinstance(raw.get("type"), str):
+        return f"{raw['class']}={raw['type']}"
+    return None
+
+
 class GeopyGeocoder:
     """A `Geocoder` over any geopy geocoder (blocking network I/O: call it off the event loop).
 
@@ -172,6 +182,7 @@ class GeopyGeocoder:
             label=str(loc.address)[:MAX_LABEL_CHARS],
             point=point,
             kind=_kind_of(loc.raw),
+            category=_category_of(loc.raw),
             score=max(0.0, 100.0 - 5.0 * rank),
             distance_m=distance,
             source=self.source,

@@ -98,6 +98,7 @@ def test_streets_and_places_by_name(helsinki: Gazetteer) -> None:
     assert top(helsinki, "Stockmann") == "Stockmann, Aleksanterinkatu 52, 00100 Helsinki"
     fire_station = "Erottajan paloasema, Korkeavuorenkatu 26, Helsinki"
     assert top(helsinki, "Erottajan paloasema") == fire_station
+    assert helsinki.geocode("Erottajan paloasema")[0].category == "amenity=fire_station"
     assert top(helsinki, "Skillnadens brandstation") == fire_station  # its Swedish name
     assert top(helsinki, "Makkaratalo") == "Kauppakeskus Citycenter, Kaivokatu 8, 00100 Helsinki"  # alt_name
     # "Esplanadi" alone is the tail of both Esplanadi streets: both come back.
@@ -239,6 +240,21 @@ def test_damaged_or_foreign_cache_is_refused_then_rebuilt(tmp_path: Path) -> Non
         Gazetteer.load(cache)
     assert Gazetteer.load_or_build(tiny, cache).stats["addresses"] > 0
     assert Gazetteer.load(cache).stats["addresses"] > 0
+
+    # Well-formed files whose contents disagree are refused too, naming what is wrong.
+    for column, change, message in (
+        ("addr_lat", lambda a: a + 200.0, "address coordinates are out of range"),
+        ("point_addr", lambda a: a + 10_000, "point_addr refers outside its table"),
+        ("place_lon", lambda a: a[:-1], "place columns disagree in length"),
+    ):
+        with np.load(cache, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        arrays[column] = change(arrays[column])
+        edited = tmp_path / f"edited-{column}.npz"
+        with edited.open("wb") as f:
+            np.savez(f, **arrays)
+        with pytest.raises(GazetteerCacheError, match=message):
+            Gazetteer.load(edited)
 
     missing = tmp_path / "nope.npz"
     with pytest.raises(GazetteerCacheError, match="cannot read"):

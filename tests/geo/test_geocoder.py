@@ -80,6 +80,7 @@ def test_geopy_results_keep_order_kind_and_axis() -> None:
     ]
     assert found[0].point == Point(lat=60.1686, lon=24.9424)  # latitude stays latitude
     assert found[0].distance_m is None
+    assert found[0].category == "shop=department_store"
     assert backend.calls == [("geocode", "Stockmann", {"exactly_one": False, "timeout": 2.5})]
     assert [r.kind for r in geocoder.geocode("x", limit=5)] == ["address", "street", "place"]
 
@@ -180,6 +181,7 @@ def test_result_is_validated_and_serialisable() -> None:
         "lon": 24.941,
         "distance_m": None,
         "source": "gazetteer",
+        "category": None,
     }
     with pytest.raises(ValueError, match="kind must be one of address, street, place"):
         GeocodeResult(label="x", point=STOCKMANN, kind="city", score=1.0)  # type: ignore[arg-type]
