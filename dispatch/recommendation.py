@@ -18,11 +18,13 @@ The rules, in the order they apply:
    mutual aid, then unit id. A home agency that cannot fill a requirement is simply outranked
    by nobody, so partners fill it whatever the margin.
 5. **One unit, one requirement**, matched as a whole: as many requirement slots as possible are
-   filled, and among such fillings the one with the least total effective ETA is chosen (a
-   min-cost assignment, computed by successive shortest paths over the handful of requirement
-   nodes). So a quint (ENGINE + LADDER) goes where it saves the most time, usually the scarce
-   LADDER, and no unpicked unit could take a pick's place in the same requirement and arrive
-   sooner. When a nearer unit was used for another requirement, the pick's reason says so.
+   filled; among such fillings, those giving every requirement at least one unit before any gets
+   a second (two engines and no ladder is worse than an engine and a ladder); and among those,
+   the one with the least total effective ETA (a min-cost assignment, computed by successive
+   shortest paths over the handful of requirement nodes). So a quint (ENGINE + LADDER) goes
+   where it saves the most time, usually the scarce LADDER, and no unpicked unit could take a
+   pick's place in the same requirement and arrive sooner. When a nearer unit was used for
+   another requirement, the pick's reason says so.
 6. Units already working the incident fill requirements first (the capability they were
    dispatched for, else the first open requirement they can fill, in plan order).
 
@@ -343,13 +345,16 @@ def _match(
     Successive shortest paths on a graph whose only inner nodes are the requirements: entering
     requirement ``c`` costs the best free unit's effective ETA for ``c``, and passing from ``c``
     to ``d`` moves a unit already picked for ``c`` over to ``d`` (its cost for ``d`` minus its
-    cost for ``c``). Each round adds one unit along the cheapest such path, until no
-    requirement can gain one. With ten capabilities the graph is tiny; the pools are sorted
-    once, and a cursor per pool finds the best free unit in amortised constant time.
+    cost for ``c``). Each round adds one unit along the cheapest path that ends at a requirement
+    still short, preferring one that has no unit yet (as if its first slot carried a bonus larger
+    than any travel time), until no requirement can gain one. With ten capabilities the graph
+    is tiny; the pools are sorted once, and a cursor per pool finds the best free unit in
+    amortised constant time.
     """
     at: dict[Capability, list[_Candidate]] = {c: [] for c in order}
     taken: dict[str, Capability] = {}
     cursor = dict.fromkeys(order, 0)
+    covered: set[Capability] = set()
 
     def best_free(cap: Capability) -> _Candidate | None:
         pool, i = pools[cap], cursor[cap]
@@ -380,8 +385,9 @@ def _match(
         ends = [c for c in order if remaining[c] > 0 and c in dist]
         if not ends:
             break
-        end = min(ends, key=lambda c: (dist[c], order[c]))
+        end = min(ends, key=lambda c: (c in covered, dist[c], order[c]))
         remaining[end] -= 1
+        covered.add(end)
         cap = end
         while True:  # walk the path back, moving each unit one requirement along
             came_from, cand = via[cap]
