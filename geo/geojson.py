@@ -88,7 +88,7 @@ class _Reader:
     """One document's parse: carries the position budget so nested calls share it."""
 
     def __init__(self, max_positions: int) -> None:
-        self.remaining = max_positions
+        self.limit = self.remaining = max_positions
 
     def positions(self, obj: Any, where: str, minimum: int) -> list[tuple[float, float]]:
         if not isinstance(obj, _ARRAY):
@@ -101,7 +101,7 @@ class _Reader:
     def spend(self, count: int, where: str) -> None:
         self.remaining -= count
         if self.remaining < 0:
-            raise GeometryError(f"{where}: too many positions in one document")
+            raise GeometryError(f"{where}: too many positions in one document (at most {self.limit})")
 
     def position(self, obj: Any, where: str) -> tuple[float, float]:
         try:
