@@ -29,7 +29,9 @@ TEMPLATE = "icp_test_template"
 def _public_tmpdir() -> Path:
     # Not under pytest's tmp root: pytest resets /tmp/pytest-of-<user> to 0700 whenever a session
     # starts, and when tests run as root the cluster's own unprivileged user must traverse it.
-    return Path(tempfile.mkdtemp(prefix="icp-test-", dir=os.environ.get("ICP_TEST_TMP", "/tmp")))
+    path = Path(tempfile.mkdtemp(prefix="icp-test-", dir=os.environ.get("ICP_TEST_TMP", "/tmp")))
+    path.chmod(0o755)  # mkdtemp makes it 0700
+    return path
 
 
 @pytest.fixture

@@ -172,3 +172,52 @@ def test_serve_refuses_a_port_in_use(db_url: str) -> None:
             env=icp_env(ICP_DATABASE_URL=db_url), capture_output=True, text=True, timeout=60, check=False,
         )
     assert proc.returncode != 0
+
+
+def _unprivileged_runner() -> list[str]:
+    """A command prefix running as an ordinary user, or skip with the reason."""
+    import os
+    import pwd
+    import shutil
+    import sys
+
+    if os.geteuid() != 0:
+        return []  # already an ordinary user: the other tests cover this case
+    name = "icp_test_user"
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--shell", "/usr/sbin/nologin", name], check=True)
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        pytest.skip("runuser is not available to drop privileges")
+    probe = subprocess.run([runuser, "-u", name, "--", sys.executable, "-c", "import icp.cli"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"the test interpreter is not usable by an ordinary user: {probe.stderr.strip()[-200:]}")
+    return [runuser, "-u", name, "--"]
+
+
+@pytest.mark.slow
+def test_embedded_cluster_as_an_ordinary_user(cluster_dir: Path) -> None:
+    import shutil
+    import sys
+
+    prefix = _unprivileged_runner()
+    data = cluster_dir / "user-data"
+    data.mkdir()
+    if prefix:
+        shutil.chown(data, prefix[2])
+    env = icp_env(ICP_DATA_DIR=data)
+    made = subprocess.run([*prefix, "env", *[f"{k}={v}" for k, v in env.items() if k.startswith("ICP_")],
+                           sys.executable, "-m", "icp.cli", "token", "create", "--role", "admin"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().startswith("icp_")
+    pg = data / "pg"
+    assert (pg / "PG_VERSION").exists()
+    if prefix:
+        import pwd
+
+        assert pwd.getpwuid(pg.stat().st_uid).pw_name == prefix[2]  # not root, not embedded_postgres
+    assert not EmbeddedCluster(pg).is_running()
