@@ -15,6 +15,8 @@ from typing import Any
 
 from dispatch import events as e
 from dispatch.assignment import Assignment
+from dispatch.commands import Command
+from dispatch.decide import decide
 from dispatch.incident import Incident, Note
 from dispatch.lifecycle import AssignmentStatus, IncidentStatus
 from dispatch.state import DispatchState
@@ -35,10 +37,8 @@ def evolve_all(state: DispatchState, events: Iterable[e.Event]) -> DispatchState
     return reduce(evolve, events, state)
 
 
-def handle(state: DispatchState, command: Any, now: datetime) -> tuple[DispatchState, list[e.Event]]:
+def handle(state: DispatchState, command: Command, now: datetime) -> tuple[DispatchState, list[e.Event]]:
     """``decide`` then ``evolve``: the new state and the events that led to it."""
-    from dispatch.decide import decide  # decide imports nothing from here; keep it one-way
-
     events = decide(state, command, now)
     return evolve_all(state, events), events
 
