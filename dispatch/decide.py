@@ -321,9 +321,14 @@ def _end(
 ) -> list[e.Event]:
     """An assignment reaches a final state, and its unit (if it holds it) is freed."""
     ASSIGNMENT.next(a.status, trigger, command=by, subject=a.id)
-    kind = _END_EVENTS[trigger]
-    extra: dict[str, str] = {"reason": reason} if "reason" in kind.__dataclass_fields__ else {}
-    events: list[e.Event] = [kind(at=now, **_ids(a), **extra)]
+    ended: e.AssignmentEvent
+    if trigger == "cancel":
+        ended = e.AssignmentCancelled(at=now, **_ids(a), reason=reason)
+    elif trigger == "decline":
+        ended = e.AssignmentDeclined(at=now, **_ids(a), reason=reason)
+    else:
+        ended = _END_EVENTS[trigger](at=now, **_ids(a))
+    events: list[e.Event] = [ended]
     unit = state.unit(a.unit_id)
     holds_unit = a.active and unit.assignment_id == a.id
     if holds_unit and not (keep_patients and unit.status in UNIT_WITH_PATIENT):
@@ -333,8 +338,6 @@ def _end(
 
 _END_EVENTS: dict[str, type[e.AssignmentEvent]] = {
     "clear": e.AssignmentCleared,
-    "cancel": e.AssignmentCancelled,
-    "decline": e.AssignmentDeclined,
     "time_out": e.AssignmentTimedOut,
 }
 

@@ -262,6 +262,7 @@ def recommend(
             pools[cap].append((cand.key(cap), cand))
     for pool in pools.values():
         pool.sort(key=lambda item: item[0])
+
     picks: list[tuple[int, Pick]] = []
     # Units already on the incident count first.
     for unit in sorted(already, key=lambda u: u.id):
@@ -273,12 +274,13 @@ def recommend(
 
     taken = _match(pools, remaining, order)
     for cand, cap in _picked(taken, candidates):
-        tag = _tag(cand, cap, pools[cap], taken, home, agencies, opts)
-        picks.append((order[cap], _pick(cand, cap, agencies, tag + _nearer(cand, cap, pools[cap], taken))))
+        why = _tag(cand, cap, pools[cap], taken, home, agencies, opts)
+        why += _nearer(cand, cap, pools[cap], taken)
+        picks.append((order[cap], _pick(cand, cap, agencies, why)))
 
     shortfalls = [
         _shortfall(r, remaining[r.capability], pools[r.capability], beyond_search[r.capability],
-                   idle.get(r.capability, []), taken, agencies, opts)
+                   idle.get(r.capability, []), taken, agencies, opts, excluded)
         for r in reqs
         if remaining[r.capability] > 0
     ]
@@ -516,6 +518,7 @@ def _shortfall(
     taken: Mapping[str, Capability],
     agencies: Mapping[str, Agency],
     opts: RecommendOptions,
+    excluded: Collection[str],
 ) -> Shortfall:
     cap = req.capability
     within = format_duration(opts.max_travel_s)
@@ -524,7 +527,7 @@ def _shortfall(
         reason = f"no unit with {cap.value} is available"
         if idle:
             busy = sorted(idle, key=lambda u: u.id)
-            shown = ", ".join(f"{u.call_sign} is {_idle_state(u)}" for u in busy[:_NAMED])
+            shown = ", ".join(f"{u.call_sign} is {_idle_state(u, excluded)}" for u in busy[:_NAMED])
             more = f" and {len(busy) - _NAMED} more" if len(busy) > _NAMED else ""
             reason += f" ({shown}{more})"
         return Shortfall(cap, missing, reason)
@@ -558,10 +561,10 @@ def _shortfall(
     )
 
 
-def _idle_state(unit: Unit) -> str:
-    if unit.status is UnitStatus.AVAILABLE:
-        return "excluded" if unit.position is not None or unit.station_id else "without a location"
-    return unit.status.value
+def _idle_state(unit: Unit, excluded: Collection[str]) -> str:
+    if unit.status is not UnitStatus.AVAILABLE:
+        return unit.status.value
+    return "excluded" if unit.id in excluded else "without a known location"
 
 
 # --- the same, read from a dispatch state -----------------------------------------------------

@@ -515,3 +515,15 @@ def test_random_sequences_keep_invariants_and_replay(commands, releases):
         log += events
         check_invariants(s)
     assert evolve_all(world(start.policy), [e.event_from_dict(ev.to_dict()) for ev in log]) == s
+
+
+def test_every_command_has_a_rule():
+    from dispatch.decide import _HANDLERS
+
+    assert set(_HANDLERS) == set(c.COMMAND_TYPES)
+
+    class Stray(c.Command):
+        pass
+
+    with pytest.raises(Invalid, match="unknown command Stray"):
+        decide(world(), Stray(), T0)

@@ -495,3 +495,8 @@ def test_north_of_helper_is_metric():
     # The scenarios above assume 1 km north is 100 s at the timer's 10 m/s.
     (est,) = FixedSpeedTimer().one_to_many(SCENE, [north_of(SCENE, 1000)], 1000)
     assert est.eta_s == pytest.approx(100, rel=1e-3)
+
+
+def test_a_unit_nowhere_cannot_be_ranked_and_is_named():
+    r = rec([unit("e4", "hki-fire", "ENGINE")], [("ENGINE", 1)])  # no position, no station
+    assert r.shortfalls[0].reason == "no unit with ENGINE is available (E4 is without a known location)"
