@@ -13,6 +13,7 @@ from icp import appkeys
 from icp.api import setup_routes
 from icp.config import Settings
 from icp.errors import problem_middleware
+from icp.geography import Geography
 from icp.metrics import Metrics, metrics_middleware
 from icp.store import database, migrations
 from icp.store.feed import EventFeed
@@ -29,7 +30,7 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
     app[appkeys.WEBSOCKETS] = weakref.WeakSet()
-    app.cleanup_ctx.extend([_database, _group_commit, _event_feed])
+    app.cleanup_ctx.extend([_database, _group_commit, _event_feed, _geography])
     app.on_shutdown.append(_close_websockets)
     setup_routes(app)
     return app
@@ -79,6 +80,18 @@ async def _event_feed(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await feed.stop()
+
+
+async def _geography(app: web.Application) -> AsyncIterator[None]:
+    pool = app[appkeys.POOL]
+    geography = Geography(app[appkeys.SETTINGS].data_dir)
+    await geography.load(pool)
+    app[appkeys.GEOGRAPHY] = geography
+    unsubscribe = app[appkeys.FEED].subscribe(lambda batch: geography.on_events(pool, batch))
+    try:
+        yield
+    finally:
+        unsubscribe()
 
 
 async def _close_websockets(app: web.Application) -> None:

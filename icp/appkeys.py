@@ -11,6 +11,7 @@ from aiohttp import web
 from icp.config import Settings
 
 if TYPE_CHECKING:
+    from icp.geography import Geography
     from icp.metrics import Metrics
     from icp.store.feed import EventFeed
     from icp.store.group_commit import GroupCommitter
@@ -22,3 +23,4 @@ COMMITTER: web.AppKey[GroupCommitter] = web.AppKey("committer")
 FEED: web.AppKey[EventFeed] = web.AppKey("feed")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
+GEOGRAPHY: web.AppKey[Geography] = web.AppKey("geography")

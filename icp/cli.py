@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -140,6 +141,44 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return _with_database(args, action)
 
 
+def cmd_roads_import(args: argparse.Namespace) -> int:
+    from geo.road_graph import RoadNetworkError
+    from icp.geography import ROADS_IMPORTED, import_roads
+    from icp.store import eventlog
+
+    async def action(conn: asyncpg.Connection, settings: Settings) -> int:
+        try:
+            manifest = await asyncio.to_thread(import_roads, Path(args.file), settings.data_dir)
+        except (RoadNetworkError, OSError) as exc:
+            raise CommandError(f"cannot import {args.file}: {exc}") from None
+        async with conn.transaction():  # on the record, and a wake-up for running nodes to reload
+            await eventlog.append(conn, [eventlog.NewEvent(ROADS_IMPORTED, "roads", manifest.to_json())])
+        print(f"imported {manifest.source}: {manifest.nodes} junctions, {manifest.links} road links, "
+              f"{manifest.addresses} addresses → {settings.data_dir / 'roads'}")
+        return EXIT_OK
+
+    return _with_database(args, action)
+
+
+def cmd_areas_import(args: argparse.Namespace) -> int:
+    from geo.geojson import GeometryError
+    from icp.geography import GeographyError, parse_area_file, store_areas
+
+    async def action(conn: asyncpg.Connection, settings: Settings) -> int:
+        try:
+            document = parse_area_file(Path(args.file))
+            areas, warnings, _ = await store_areas(conn, document, agency=args.agency, kind=args.kind,
+                                                   repair=args.repair)
+        except (GeometryError, GeographyError, OSError) as exc:
+            raise CommandError(f"{args.file}: {exc}") from None
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"imported {len(areas)} area(s) for agency {args.agency}: {', '.join(a.id for a in areas)}")
+        return EXIT_OK
+
+    return _with_database(args, action)
+
+
 def cmd_db_url(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.database_url:
@@ -218,6 +257,33 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Verify the event log's hash chain from the first event.")
     _common(p)
     p.set_defaults(func=cmd_audit_verify)
+
+    roads = sub.add_parser("roads", help="the road network", description="The road network.")
+    roads_sub = roads.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = roads_sub.add_parser(
+        "import", help="build the road network and gazetteer from an OpenStreetMap extract",
+        description="Build the road network (travel times, routes) and the offline gazetteer "
+        "(geocoding) from an OpenStreetMap .osm.pbf extract into ICP_DATA_DIR/roads. Running "
+        "nodes on this data directory reload them.")
+    _common(p)
+    p.add_argument("file", help="an OpenStreetMap extract (.osm.pbf)")
+    p.set_defaults(func=cmd_roads_import)
+
+    areas = sub.add_parser("areas", help="jurisdictions, zones, beats, geofences",
+                           description="Agency areas.")
+    areas_sub = areas.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = areas_sub.add_parser(
+        "import", help="import areas from a GeoJSON Feature or FeatureCollection",
+        description="Import polygons from GeoJSON ([lon, lat]) as areas of an agency. All or "
+        "nothing: the first bad feature stops the import and names it.")
+    _common(p)
+    p.add_argument("file", help="a GeoJSON file")
+    p.add_argument("--agency", required=True, help="the agency the areas belong to")
+    p.add_argument("--kind", required=True, choices=["jurisdiction", "zone", "beat", "geofence"])
+    p.add_argument("--repair", action="store_true",
+                   help="repair invalid (e.g. self-intersecting) polygons instead of refusing them; "
+                   "each repair is reported")
+    p.set_defaults(func=cmd_areas_import)
 
     db = sub.add_parser("db", help="the database", description="Database information.")
     db_sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)

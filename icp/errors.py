@@ -144,6 +144,27 @@ def _from_store(exc: BaseException) -> Problem | None:
 register_translator(_from_store)
 
 
+def _from_geo(exc: BaseException) -> Problem | None:
+    from geo.coords import CoordinateError
+    from geo.geocoder import GeocodeQueryError
+    from geo.geojson import GeometryError
+    from geo.route import NoRouteError
+    from icp.geography import GeographyError, NoRoadNetwork
+
+    if isinstance(exc, NoRouteError):
+        return Problem(404, "no_route", str(exc) or "no road route joins the two points")
+    if isinstance(exc, NoRoadNetwork):
+        return Problem(503, "no_road_network", str(exc))
+    if isinstance(exc, GeographyError):
+        return Problem(422, "invalid_request", str(exc))
+    if isinstance(exc, (GeometryError, CoordinateError, GeocodeQueryError)):
+        return Problem(422, "invalid_geometry" if isinstance(exc, GeometryError) else "invalid_location", str(exc))
+    return None
+
+
+register_translator(_from_geo)
+
+
 def problem_response(problem: Problem, instance: str | None = None) -> web.Response:
     return web.Response(
         status=problem.status,
