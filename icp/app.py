@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
+from geo.geocoder import nominatim
 from icp import appkeys
 from icp.api import setup_routes
 from icp.config import Settings
@@ -84,7 +85,10 @@ async def _event_feed(app: web.Application) -> AsyncIterator[None]:
 
 async def _geography(app: web.Application) -> AsyncIterator[None]:
     pool = app[appkeys.POOL]
-    geography = Geography(app[appkeys.SETTINGS].data_dir)
+    settings = app[appkeys.SETTINGS]
+    external = (nominatim(settings.geocoder_url, user_agent="icp", timeout_s=settings.geocoder_timeout_s)
+                if settings.geocoder_url else None)
+    geography = Geography(settings.data_dir, external=external)
     await geography.load(pool)
     app[appkeys.GEOGRAPHY] = geography
     unsubscribe = app[appkeys.FEED].subscribe(lambda batch: geography.on_events(pool, batch))

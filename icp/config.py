@@ -45,6 +45,10 @@ class Settings:
     pool_min: int = 2
     pool_max: int = 20
     db_timeout_s: float = 5.0
+    # Geography: an external Nominatim-compatible geocoder asked when the offline gazetteer
+    # has no answer (None: offline only).
+    geocoder_url: str | None = None
+    geocoder_timeout_s: float = 5.0
     # Event log
     event_poll_interval_s: float = 1.0
     group_commit_max_batch: int = 2000

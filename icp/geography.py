@@ -28,6 +28,7 @@ import numpy as np
 from geo.areas import Area, AreaIndex, areas_from_geojson, is_area_kind
 from geo.coords import Point
 from geo.gazetteer import Gazetteer
+from geo.geocoder import Geocoder, GeocoderUnavailable, check_query
 from geo.geojson import geometry_to_geojson
 from geo.road_graph import RoadNetwork, file_sha256
 from geo.travel import RoadTimer, StraightLineTimer
@@ -138,8 +139,9 @@ def load_roads(data_dir: Path) -> LoadedRoads | None:
 class Geography:
     """One per node: what the geo endpoints and the dispatch core ask."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, external: Geocoder | None = None) -> None:
         self.data_dir = data_dir
+        self.external = external  # asked only when the offline gazetteer has no answer
         self.roads: LoadedRoads | None = None
         self.areas = AreaIndex()
         self.straight_line = StraightLineTimer()
@@ -209,12 +211,39 @@ class Geography:
             raise NoRoadNetwork("no road network has been imported (run `icp roads import FILE.osm.pbf`)")
         return self.roads
 
+    def _geocoders(self) -> list[Geocoder]:
+        found: list[Geocoder] = [self.roads.gazetteer] if self.roads is not None else []
+        if self.external is not None:
+            found.append(self.external)
+        if not found:
+            raise NoRoadNetwork("no road network has been imported (run `icp roads import FILE.osm.pbf`) "
+                                "and no external geocoder is configured")
+        return found
+
     def geocode(self, query: str, limit: int) -> list[dict[str, Any]]:
-        return [r.to_mapping() for r in self._need_roads().gazetteer.geocode(query, limit)]
+        """Offline first; the external geocoder (blocking: call from a thread) only if that
+        finds nothing. An external service that fails is skipped, not an error."""
+        check_query(query, limit)
+        for geocoder in self._geocoders():
+            try:
+                results = geocoder.geocode(query, limit)
+            except GeocoderUnavailable as exc:
+                log.warning("geocoder unavailable: %s", exc)
+                continue
+            if results:
+                return [r.to_mapping() for r in results]
+        return []
 
     def reverse(self, point: Point) -> dict[str, Any] | None:
-        found = self._need_roads().gazetteer.reverse(point)
-        return found.to_mapping() if found else None
+        for geocoder in self._geocoders():
+            try:
+                found = geocoder.reverse(point)
+            except GeocoderUnavailable as exc:
+                log.warning("geocoder unavailable: %s", exc)
+                continue
+            if found is not None:
+                return found.to_mapping()
+        return None
 
     def route(self, start: Point, end: Point) -> dict[str, Any]:
         if self.roads is None:

@@ -254,3 +254,49 @@ async def test_openapi_lists_geo(client: TestClient) -> None:
     for path in ("/api/v1/geo/roads", "/api/v1/geo/areas", "/api/v1/geo/geocode", "/api/v1/geo/reverse",
                  "/api/v1/geo/route"):
         assert "get" in doc["paths"][path]
+
+
+@pytest.fixture
+async def fake_nominatim(aiohttp_server):  # type: ignore[no-untyped-def]
+    """A Nominatim-compatible HTTP server on loopback (an external service, not ours)."""
+    from aiohttp import web
+
+    asked: list[str] = []
+
+    async def search(request: web.Request) -> web.Response:
+        asked.append(request.query["q"])
+        if request.query["q"].startswith("Espoo"):
+            return web.json_response([{"lat": "60.2055", "lon": "24.6559", "display_name": "Espoo, Finland",
+                                       "class": "place", "type": "city", "addresstype": "city"}])
+        return web.json_response([])
+
+    async def reverse(request: web.Request) -> web.Response:
+        return web.json_response({"lat": request.query["lat"], "lon": request.query["lon"],
+                                  "display_name": "Somewhere far, Finland", "class": "highway", "type": "road"})
+
+    app = web.Application()
+    app.router.add_get("/search", search)
+    app.router.add_get("/reverse", reverse)
+    server = await aiohttp_server(app)
+    server.asked = asked  # type: ignore[attr-defined]
+    return server
+
+
+async def test_external_geocoder_answers_what_the_gazetteer_cannot(  # type: ignore[no-untyped-def]
+    aiohttp_client, fake_nominatim, settings, helsinki_roads: Path, make_token
+) -> None:
+    from icp.app import create_app
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "roads").symlink_to(helsinki_roads, target_is_directory=True)
+    configured = settings.replace(geocoder_url=str(fake_nominatim.make_url("/")).rstrip("/"))
+    client = await aiohttp_client(create_app(configured))
+    token = await make_token("dispatcher")
+    local = await (await _get(client, token, "/api/v1/geo/geocode", q="Aleksanterinkatu")).json()
+    assert local["results"][0]["source"] == "gazetteer"
+    assert fake_nominatim.asked == []  # the offline answer was enough
+    far = await (await _get(client, token, "/api/v1/geo/geocode", q="Espoo keskus")).json()
+    assert far["results"][0]["source"] == "nominatim" and far["results"][0]["label"] == "Espoo, Finland"
+    assert math.isclose(far["results"][0]["lat"], 60.2055)  # lat stays lat through the service
+    back = await (await _get(client, token, "/api/v1/geo/reverse", lat="61.5", lon="23.8")).json()
+    assert back["source"] == "nominatim" and back["kind"] == "street"
