@@ -28,10 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from icp.config import Settings  # noqa: E402
-from icp.store import database, eventlog, migrations  # noqa: E402
-from icp.store.embedded import EmbeddedCluster  # noqa: E402
-from icp.store.group_commit import GroupCommitter  # noqa: E402
+from icp.config import Settings
+from icp.store import database, eventlog, migrations
+from icp.store.embedded import EmbeddedCluster
+from icp.store.group_commit import GroupCommitter
 
 PAYLOAD = {"kind": "smoke", "source": "sensor-net-7", "severity": "severe", "location": {"lat": 60.17, "lon": 24.94},
            "note": "bench event with a realistic small payload"}
@@ -43,7 +43,7 @@ def event(i: int) -> eventlog.NewEvent:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def bench_batches(pool, seconds: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
