@@ -9,13 +9,18 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
+from dispatch.policy import DispatchPolicy
+from dispatch.recommendation import RecommendOptions
 from geo.geocoder import nominatim
 from icp import appkeys
 from icp.api import setup_routes
 from icp.config import Settings
+from icp.dispatch_service import DispatchService
 from icp.errors import problem_middleware
 from icp.geography import Geography
+from icp.live import LivePicture
 from icp.metrics import Metrics, metrics_middleware
+from icp.scheduler import TimerScheduler
 from icp.store import database, migrations
 from icp.store.feed import EventFeed
 from icp.store.group_commit import GroupCommitter
@@ -31,7 +36,7 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
     app[appkeys.WEBSOCKETS] = weakref.WeakSet()
-    app.cleanup_ctx.extend([_database, _group_commit, _event_feed, _geography])
+    app.cleanup_ctx.extend([_database, _group_commit, _event_feed, _geography, _dispatch])
     app.on_shutdown.append(_close_websockets)
     setup_routes(app)
     return app
@@ -95,6 +100,28 @@ async def _geography(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        unsubscribe()
+
+
+async def _dispatch(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    policy = DispatchPolicy(
+        ack_timeout_s=settings.ack_timeout_s, on_timeout=settings.on_ack_timeout,  # type: ignore[arg-type]
+        on_decline=settings.on_decline, close_releases_units=settings.close_releases_units,  # type: ignore[arg-type]
+    )
+    live = LivePicture(policy)
+    pool, feed = app[appkeys.POOL], app[appkeys.FEED]
+    unsubscribe = feed.subscribe(live.apply)  # before the rebuild: see LivePicture.rebuild
+    await live.rebuild(pool)
+    service = DispatchService(live, app[appkeys.GEOGRAPHY], RecommendOptions(
+        max_travel_s=settings.max_travel_s, max_position_age_s=settings.max_position_age_s))
+    scheduler = TimerScheduler(pool, service, feed, interval_s=settings.timer_interval_s)
+    app[appkeys.LIVE], app[appkeys.DISPATCH], app[appkeys.SCHEDULER] = live, service, scheduler
+    scheduler.start()
+    try:
+        yield
+    finally:
+        await scheduler.stop()
         unsubscribe()
 
 

@@ -11,8 +11,11 @@ from aiohttp import web
 from icp.config import Settings
 
 if TYPE_CHECKING:
+    from icp.dispatch_service import DispatchService
     from icp.geography import Geography
+    from icp.live import LivePicture
     from icp.metrics import Metrics
+    from icp.scheduler import TimerScheduler
     from icp.store.feed import EventFeed
     from icp.store.group_commit import GroupCommitter
 
@@ -24,3 +27,6 @@ FEED: web.AppKey[EventFeed] = web.AppKey("feed")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 WEBSOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("websockets")
 GEOGRAPHY: web.AppKey[Geography] = web.AppKey("geography")
+LIVE: web.AppKey[LivePicture] = web.AppKey("live")
+DISPATCH: web.AppKey[DispatchService] = web.AppKey("dispatch")
+SCHEDULER: web.AppKey[TimerScheduler] = web.AppKey("scheduler")

@@ -49,6 +49,16 @@ class Settings:
     # has no answer (None: offline only).
     geocoder_url: str | None = None
     geocoder_timeout_s: float = 5.0
+    # Dispatch policy: acknowledgement deadline and what follows a timeout or a decline (none,
+    # recommend the next unit, or dispatch it), whether closing releases the units, and the
+    # recommendation's limits.
+    ack_timeout_s: float = 60.0
+    on_ack_timeout: str = "dispatch"
+    on_decline: str = "recommend"
+    close_releases_units: bool = True
+    max_travel_s: float = 720.0
+    max_position_age_s: float = 300.0
+    timer_interval_s: float = 0.25
     # Event log
     event_poll_interval_s: float = 1.0
     group_commit_max_batch: int = 2000

@@ -165,6 +165,27 @@ def _from_geo(exc: BaseException) -> Problem | None:
 register_translator(_from_geo)
 
 
+def _from_domain(exc: BaseException) -> Problem | None:
+    from dispatch.errors import Conflict, DomainError, IllegalTransition, Invalid, NotFound, UnitUnavailable
+
+    if not isinstance(exc, DomainError):
+        return None
+    if isinstance(exc, Invalid):
+        return validation([FieldError(exc.field or "", str(exc))], str(exc))
+    if isinstance(exc, NotFound):
+        return Problem(404, "not_found", str(exc))
+    if isinstance(exc, UnitUnavailable):
+        return Problem(409, "unit_unavailable", str(exc))
+    if isinstance(exc, IllegalTransition):
+        return Problem(409, "illegal_transition", str(exc))
+    if isinstance(exc, Conflict):
+        return Problem(409, "conflict", str(exc))
+    return Problem(422, exc.code, str(exc))
+
+
+register_translator(_from_domain)
+
+
 def problem_response(problem: Problem, instance: str | None = None) -> web.Response:
     return web.Response(
         status=problem.status,

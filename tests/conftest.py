@@ -186,3 +186,23 @@ def make_token(db_url: str) -> TokenFactory:
         return issued.secret
 
     return make
+
+
+HELSINKI = Path(__file__).resolve().parent.parent / "data" / "osm" / "helsinki-center.osm.pbf"
+
+
+@pytest.fixture(scope="session")
+def helsinki_roads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Helsinki extract's road network and gazetteer, built once per session."""
+    from icp.geography import import_roads
+
+    data = tmp_path_factory.mktemp("helsinki")
+    import_roads(HELSINKI, data)
+    return data / "roads"
+
+
+@pytest.fixture
+def with_roads(settings: Settings, helsinki_roads: Path) -> None:
+    """This test's node serves the Helsinki roads (its data directory links to them)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "roads").symlink_to(helsinki_roads, target_is_directory=True)

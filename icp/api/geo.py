@@ -26,6 +26,11 @@ def _bbox(request: web.Request) -> tuple[float, float, float, float]:
     raw = request.query.get("bbox")
     if not raw:
         raise validation([FieldError("bbox", "required: min_lon,min_lat,max_lon,max_lat")])
+    return parse_bbox(raw)
+
+
+def parse_bbox(raw: str, *, max_degrees: float = MAX_BBOX_DEGREES) -> tuple[float, float, float, float]:
+    """``min_lon,min_lat,max_lon,max_lat`` (GeoJSON's order), checked; 422 naming ``bbox``."""
     try:
         values = [float(v) for v in raw.split(",")]
     except ValueError:
@@ -39,8 +44,8 @@ def _bbox(request: web.Request) -> tuple[float, float, float, float]:
         raise validation([FieldError("bbox", str(exc))]) from None
     if min_lon > max_lon or min_lat > max_lat:
         raise validation([FieldError("bbox", "min must not exceed max (order: min_lon,min_lat,max_lon,max_lat)")])
-    if max_lon - min_lon > MAX_BBOX_DEGREES or max_lat - min_lat > MAX_BBOX_DEGREES:
-        raise validation([FieldError("bbox", f"at most {MAX_BBOX_DEGREES}° on a side")])
+    if max_lon - min_lon > max_degrees or max_lat - min_lat > max_degrees:
+        raise validation([FieldError("bbox", f"at most {max_degrees}° on a side")])
     return min_lon, min_lat, max_lon, max_lat
 
 

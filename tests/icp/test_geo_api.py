@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,27 +13,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from geo.coords import Point, geodesic_m
-from icp.geography import import_roads, load_roads
+from icp.geography import load_roads
 from icp.resources import resource_dir
 from tests.helpers import bearer, problem
 from tests.process import icp_env, run_icp
 
 HELSINKI = resource_dir("data") / "osm" / "helsinki-center.osm.pbf"
 BBOX = "24.9352,60.1642,24.9534,60.1791"
-
-
-@pytest.fixture(scope="session")
-def helsinki_roads(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = tmp_path_factory.mktemp("helsinki")
-    import_roads(HELSINKI, data)
-    return data / "roads"
-
-
-@pytest.fixture
-def with_roads(settings, helsinki_roads: Path) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    (settings.data_dir / "roads").symlink_to(helsinki_roads, target_is_directory=True)
-    yield
 
 
 async def _get(client: TestClient, token: str, path: str, **params: str):  # type: ignore[no-untyped-def]

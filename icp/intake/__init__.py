@@ -1,0 +1,1 @@
+"""Sensor intake, the pure half: CAP 1.2, OGC SensorThings and native JSON alerts to one report."""

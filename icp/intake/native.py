@@ -1,0 +1,197 @@
+"""Native JSON alerts (``POST /api/v1/alerts`` and ``/alerts/batch``): strict validation to a report.
+
+The shape (docs/intake.md, INTERFACES.md)::
+
+    {"source": "acme-smoke", "id": "det-17/2026-03-01T12:00:05Z", "kind": "smoke",
+     "time": "2026-03-01T12:00:05Z", "location": {"lat": 60.17, "lon": 24.94},
+     "severity": "Severe", "description": "…", "data": {…}}
+
+``location`` is a GeoJSON Point, Polygon or MultiPolygon (``[lon, lat]``) or ``{"lat", "lon"}``.
+Optional ``urgency``, ``certainty`` and ``headline`` take CAP's words. Every bad field is
+reported at once, each with its path (``/location/lat``), and nothing is guessed: a native
+sender controls its format, so a mistake is refused rather than recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from shapely.geometry import Point as ShapelyPoint
+
+from dispatch.alert_rules import AlertKind, Certainty, Severity, Urgency, normalise
+from icp.intake.report import (
+    DEFAULT_CONFIG,
+    AlertReport,
+    IntakeConfig,
+    IntakeError,
+    Problems,
+    check_ident,
+    geojson_shape,
+    lat_lon_point,
+    load_json,
+    parse_time,
+    place,
+)
+
+MAX_DESCRIPTION_CHARS = 4_000
+MAX_HEADLINE_CHARS = 200
+MAX_DATA_BYTES = 16 * 1024
+MAX_LOCATION_POSITIONS = 10_000
+MAX_BATCH_ITEMS = 1_000
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+
+REQUIRED = ("source", "id", "kind", "time", "location")
+OPTIONAL = ("severity", "urgency", "certainty", "headline", "description", "data")
+GEOMETRY_TYPES = ("Point", "Polygon", "MultiPolygon")
+
+
+def parse_native(
+    body: bytes | bytearray | memoryview | str | Mapping[str, Any],
+    config: IntakeConfig = DEFAULT_CONFIG,
+    *,
+    now: datetime | None = None,
+) -> AlertReport:
+    """One native alert (a raw body or an already decoded object) as a report.
+
+    Raises `IntakeError` (``invalid_alert`` with every bad field in ``details``; ``too_large``;
+    ``malformed_json``). ``now``, if given, only serves to flag times from the future.
+    """
+    obj = body if isinstance(body, Mapping) else load_json(body, max_bytes=config.max_json_bytes, what="alert")
+    return _alert(obj, config, now)
+
+
+def parse_native_batch(
+    body: bytes | bytearray | memoryview | str | list[Any] | Mapping[str, Any],
+    config: IntakeConfig = DEFAULT_CONFIG,
+    *,
+    now: datetime | None = None,
+    max_items: int = MAX_BATCH_ITEMS,
+) -> list[AlertReport | IntakeError]:
+    """A batch — a JSON array of alerts or ``{"alerts": [...]}`` — as one result per item.
+
+    A body that is not a batch at all raises `IntakeError`; a bad item becomes an `IntakeError`
+    in its place, its paths prefixed with the item's (``/3/location`` or ``/alerts/3/location``),
+    so the good items are still taken.
+    """
+    if isinstance(body, (list, Mapping)):
+        obj: Any = body
+    else:
+        obj = load_json(body, max_bytes=MAX_BATCH_BYTES, what="batch")
+    prefix = ""
+    if isinstance(obj, Mapping):
+        extra = sorted(set(obj) - {"alerts"})
+        if extra or not isinstance(obj.get("alerts"), list):
+            raise IntakeError("invalid_alert", 'a batch is a JSON array of alerts or {"alerts": [...]}', "")
+        obj, prefix = obj["alerts"], "/alerts"
+    if not isinstance(obj, list):
+        raise IntakeError("invalid_alert", 'a batch is a JSON array of alerts or {"alerts": [...]}', "")
+    if not obj:
+        raise IntakeError("invalid_alert", "a batch needs at least one alert", prefix)
+    if len(obj) > max_items:
+        raise IntakeError("too_large", f"a batch holds at most {max_items} alerts, got {len(obj)}", prefix)
+    out: list[AlertReport | IntakeError] = []
+    for i, item in enumerate(obj):
+        try:
+            out.append(_alert(item, config, now))
+        except IntakeError as exc:
+            out.append(exc.prefixed(f"{prefix}/{i}"))
+    return out
+
+
+def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
+    if not isinstance(obj, Mapping):
+        raise IntakeError("invalid_alert", "an alert must be a JSON object", "")
+    problems = Problems()
+    for name in sorted(set(obj) - set(REQUIRED) - set(OPTIONAL)):
+        problems.add("unknown_field", f"/{name[:40]}", f"unknown field {name[:40]!r}")
+    for name in REQUIRED:
+        if name not in obj:
+            problems.add("missing_field", f"/{name}", f"{name} is required")
+    values: dict[str, Any] = {}
+
+    def read(name: str, reader: Any) -> None:
+        if name in obj:
+            try:
+                values[name] = reader(obj[name], f"/{name}")
+            except IntakeError as exc:
+                problems.add("invalid_field", exc.field, exc.message)
+
+    read("source", check_ident)
+    read("id", check_ident)
+    read("kind", _kind)
+    read("time", parse_time)
+    read("location", lambda v, w: _location(v, w))
+    read("severity", lambda v, w: _vocab(Severity, v, w))
+    read("urgency", lambda v, w: _vocab(Urgency, v, w))
+    read("certainty", lambda v, w: _vocab(Certainty, v, w))
+    read("headline", lambda v, w: _text(v, w, MAX_HEADLINE_CHARS))
+    read("description", lambda v, w: _text(v, w, MAX_DESCRIPTION_CHARS))
+    read("data", _data)
+    problems.raise_if_any("invalid_alert")
+
+    notes = Problems()
+    if config.too_far_ahead(values["time"], now):
+        notes.add("time_in_future", "/time", f"{obj['time']} is ahead of the server's clock")
+    placement = place(values["location"], config)
+    data = dict(values.get("data", {}))
+    if placement.data:
+        data["placement"] = dict(placement.data)
+    return AlertReport(
+        source=values["source"],
+        identifier=values["id"],
+        kind=values["kind"],
+        sent=values["time"],
+        raw_format="native",
+        severity=values.get("severity", Severity.UNKNOWN),
+        urgency=values.get("urgency", Urgency.UNKNOWN),
+        certainty=values.get("certainty", Certainty.UNKNOWN),
+        headline=values.get("headline", ""),
+        description=values.get("description", ""),
+        location=placement.location,
+        area=placement.area,
+        location_flags=placement.flags,
+        findings=tuple(notes.items),
+        data=data,
+    )
+
+
+def _kind(value: object, where: str) -> AlertKind:
+    return _vocab(AlertKind, value, where)
+
+
+def _vocab(enum: Any, value: object, where: str) -> Any:
+    member = normalise(enum, value)
+    if member is None:
+        allowed = ", ".join(m.value for m in enum)
+        raise IntakeError("invalid_alert", f"must be one of {allowed}; got {str(value)[:40]!r}", where)
+    return member
+
+
+def _text(value: object, where: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise IntakeError("invalid_alert", "must be a string", where)
+    if len(value) > limit:
+        raise IntakeError("invalid_alert", f"is {len(value)} characters; at most {limit}", where)
+    return value
+
+
+def _location(value: object, where: str) -> Any:
+    if isinstance(value, dict) and "type" in value:
+        return geojson_shape(value, where, allowed=GEOMETRY_TYPES, max_positions=MAX_LOCATION_POSITIONS)
+    point = lat_lon_point(value, where)
+    return ShapelyPoint(point.lon, point.lat)
+
+
+def _data(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise IntakeError("invalid_alert", "must be a JSON object", where)
+    try:
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    except (TypeError, ValueError):  # only from Python callers; a decoded body always encodes
+        raise IntakeError("invalid_alert", "must hold only JSON values", where) from None
+    if size > MAX_DATA_BYTES:
+        raise IntakeError("invalid_alert", f"is {size} bytes encoded; at most {MAX_DATA_BYTES}", where)
+    return value

@@ -1,0 +1,135 @@
+"""The live picture: this node's in-memory dispatch state, rebuilt at start, kept current from the log.
+
+Recommendations read it, never the database, so they are fast; the database stays the truth (a
+command re-reads what it changes under row locks). Every node applies the same log events with
+the same `evolve`, so all nodes converge; an event that does not fit (the picture missed
+something) triggers a rebuild rather than a guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+
+from dispatch import events as dev
+from dispatch.errors import DomainError
+from dispatch.evolve import evolve
+from dispatch.lifecycle import OPEN_INCIDENT
+from dispatch.policy import DispatchPolicy
+from dispatch.response_plan import ResponsePlans, default_plans
+from dispatch.state import DispatchState
+from icp import dispatch_store as store
+from icp.store.eventlog import RecordedEvent
+
+log = logging.getLogger(__name__)
+
+# Reference-data events carry the whole record; domain events carry what evolve needs.
+AGENCY_SAVED = "agency.saved"
+STATION_SAVED = "station.saved"
+UNIT_SAVED = "unit.saved"
+PLANS_UPDATED = "response_plans.updated"
+
+
+class LivePicture:
+    def __init__(self, policy: DispatchPolicy) -> None:
+        self.policy = policy
+        self.state = DispatchState(policy=policy)
+        self.plans: ResponsePlans = default_plans()
+        self.incident_agencies: dict[str, list[str]] = {}
+        self.applied_seq = 0  # the log position this picture reflects
+        self._pool: asyncpg.Pool | None = None
+        self._rebuilding: asyncio.Task[None] | None = None
+        self._buffer: list[RecordedEvent] | None = None
+
+    async def rebuild(self, pool: asyncpg.Pool) -> None:
+        """Load the picture from one consistent snapshot, remembering the log seq it reflects;
+        events arriving meanwhile are held back and applied after, those already in the
+        snapshot skipped. (Subscribe to the feed first, then rebuild: nothing falls between.)"""
+        self._pool = pool
+        self._buffer = []
+        try:
+            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                head = int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events"))
+                agencies, stations = await store.load_reference(conn)
+                units, incidents, assignments, agency_ids = await store.load_open(conn)
+                plans = await store.load_plans(conn)
+            self.state = DispatchState(
+                agencies={a.id: a for a in agencies}, stations={s.id: s for s in stations},
+                units={u.id: u for u in units}, incidents={i.id: i for i in incidents},
+                assignments={a.id: a for a in assignments}, policy=self.policy,
+            )
+            self.incident_agencies = agency_ids
+            self.plans = plans
+            self.applied_seq = head
+        finally:
+            held, self._buffer = self._buffer, None
+            self.apply(held)
+        log.info("live picture: %d agencies, %d units, %d open incidents", len(agencies), len(units),
+                 sum(1 for i in incidents if i.status in OPEN_INCIDENT))
+
+    def _rebuild_soon(self, why: str) -> None:
+        if self._pool is None or (self._rebuilding is not None and not self._rebuilding.done()):
+            return
+        log.warning("live picture out of step (%s); rebuilding from the database", why)
+        self._rebuilding = asyncio.get_running_loop().create_task(self.rebuild(self._pool))
+
+    # -- following the log --------------------------------------------------------------------------
+    def apply(self, batch: Sequence[RecordedEvent]) -> None:
+        """Feed subscriber: apply each event of the batch in order."""
+        if self._buffer is not None:
+            self._buffer.extend(batch)
+            return
+        for recorded in batch:
+            if recorded.seq <= self.applied_seq:
+                continue
+            try:
+                self._apply_one(recorded.type, recorded.data)
+            except (DomainError, KeyError, ValueError) as exc:
+                self._rebuild_soon(f"{recorded.type} at seq {recorded.seq}: {exc}")
+                return
+            self.applied_seq = recorded.seq
+
+    def _apply_one(self, type_: str, data: Mapping[str, Any]) -> None:
+        if type_ == AGENCY_SAVED:
+            self.state = self.state.with_agency(store.agency_from(data["agency"]))
+        elif type_ == STATION_SAVED:
+            self.state = self.state.with_station(store.station_from(data["station"]))
+        elif type_ == UNIT_SAVED:
+            self.state = self.state.with_unit(store.unit_from(data["unit"]))
+        elif type_ == PLANS_UPDATED:
+            from dispatch.response_plan import ResponsePlan
+
+            self.plans = self.plans.replacing_type(
+                data["incident_type"], [ResponsePlan.from_dict(p) for p in data["plans"]]
+            )
+        elif type_ in dev.EVENT_TYPES:
+            event = dev.event_from_dict({"type": type_, **{k: v for k, v in data.items() if k != "agency_ids"}})
+            if isinstance(event, dev.IncidentEvent) and "agency_ids" in data:
+                self.incident_agencies[event.incident_id] = list(data["agency_ids"])
+            self.state = evolve(self.state, event)
+            if isinstance(event, (dev.IncidentClosed, dev.IncidentCancelled)):
+                self._forget(event.incident_id)
+
+    def _forget(self, incident_id: str) -> None:
+        """Drop a finished incident (and its finished assignments) from memory."""
+        incident = self.state.incidents.get(incident_id)
+        if incident is None or any(a.active for a in self.state.assignments_of(incident)):
+            return  # units still work it (e.g. transporting): keep until they clear
+        held = {u.assignment_id for u in self.state.units.values() if u.assignment_id}
+        if held & set(incident.assignment_ids):
+            return
+        self.state = replace(
+            self.state,
+            incidents={k: v for k, v in self.state.incidents.items() if k != incident_id},
+            assignments={k: v for k, v in self.state.assignments.items() if v.incident_id != incident_id},
+        )
+        self.incident_agencies.pop(incident_id, None)
+
+    # -- questions ------------------------------------------------------------------------------------
+    def open_incidents(self) -> list[Any]:
+        return [i for i in self.state.incidents.values() if i.status in OPEN_INCIDENT]
