@@ -91,10 +91,30 @@ def import_roads(pbf: Path, data_dir: Path) -> RoadsImport:
         addresses=int(gazetteer.stats.get("addresses", 0)),
         imported_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    _write_manifest(target, manifest)
+    return manifest
+
+
+def install_network(network: RoadNetwork, data_dir: Path, *, source: str) -> RoadsImport:
+    """Install a road network built elsewhere (e.g. a synthetic city for benchmarks) without a
+    gazetteer: travel times and routes work, geocoding needs the external geocoder."""
+    target = roads_dir(data_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    network_file = f"network-{source}.npz"
+    network.save(target / network_file)
+    manifest = RoadsImport(
+        source=source, sha256=file_sha256(target / network_file), network_file=network_file, gazetteer_file="",
+        nodes=network.node_count, links=network.link_count, addresses=0,
+        imported_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    _write_manifest(target, manifest)
+    return manifest
+
+
+def _write_manifest(target: Path, manifest: RoadsImport) -> None:
     tmp = target / "current.json.tmp"
     tmp.write_text(json.dumps(manifest.to_json(), indent=2))
     os.replace(tmp, target / "current.json")  # atomic: a node never reads half a manifest
-    return manifest
 
 
 def read_manifest(data_dir: Path) -> RoadsImport | None:
@@ -111,7 +131,7 @@ def read_manifest(data_dir: Path) -> RoadsImport | None:
 class LoadedRoads:
     manifest: RoadsImport
     network: RoadNetwork
-    gazetteer: Gazetteer
+    gazetteer: Gazetteer | None  # None for an installed network without addresses
     timer: RoadTimer
     # Per-link bounding boxes for "roads in this bbox" (min_lon, min_lat, max_lon, max_lat).
     link_boxes: np.ndarray
@@ -124,7 +144,7 @@ def load_roads(data_dir: Path) -> LoadedRoads | None:
         return None
     folder = roads_dir(data_dir)
     network = RoadNetwork.load(folder / manifest.network_file)
-    gazetteer = Gazetteer.load(folder / manifest.gazetteer_file)
+    gazetteer = Gazetteer.load(folder / manifest.gazetteer_file) if manifest.gazetteer_file else None
     timer = RoadTimer(network)
     network.search  # noqa: B018 - build the search graph now, not on the first incident
     ptr = network.shape_ptr
@@ -211,8 +231,12 @@ class Geography:
             raise NoRoadNetwork("no road network has been imported (run `icp roads import FILE.osm.pbf`)")
         return self.roads
 
+    @property
+    def can_geocode(self) -> bool:
+        return bool(self.roads and self.roads.gazetteer) or self.external is not None
+
     def _geocoders(self) -> list[Geocoder]:
-        found: list[Geocoder] = [self.roads.gazetteer] if self.roads is not None else []
+        found: list[Geocoder] = [self.roads.gazetteer] if self.roads and self.roads.gazetteer else []
         if self.external is not None:
             found.append(self.external)
         if not found:

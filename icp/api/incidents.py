@@ -112,7 +112,7 @@ async def create_incident(request: web.Request) -> web.Response:
         location = point_field({"p": found[0]}, "p")
         address = found[0]["label"]
     elif not address:
-        near = geography.reverse(location) if geography.roads is not None else None
+        near = geography.reverse(location) if geography.can_geocode else None
         address = near["label"] if near else ""
     assert location is not None
     who = principal(request)
