@@ -35,6 +35,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dispatch.intervals import percentile
 from geo.synthetic_city import CityPlan, synthetic_city
 from icp.geography import install_network
 
@@ -50,10 +51,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 class Api:
@@ -139,7 +136,7 @@ async def run(base: str, token: str, net: Any, args: argparse.Namespace) -> dict
 
     return {
         "recommendation_ms": {"requests": len(latencies), "p50": round(statistics.median(latencies), 2),
-                              "p99": round(percentile(latencies, 99), 2), "max": round(max(latencies), 2),
+                              "p99": round(percentile(latencies, 99) or 0.0, 2), "max": round(max(latencies), 2),
                               "mean_picks": round(picks / len(incidents), 2),
                               "mean_shortfalls": round(shortfalls / len(incidents), 2)},
         "dispatch": {"commands": len(jobs), "concurrency": args.concurrency, "seconds": round(dispatch_s, 2),

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dispatch.intervals import percentile
 from icp.config import Settings
 from icp.store import database, eventlog, migrations
 from icp.store.embedded import EmbeddedCluster
@@ -40,10 +41,6 @@ PAYLOAD = {"kind": "smoke", "source": "sensor-net-7", "severity": "severe", "loc
 def event(i: int) -> eventlog.NewEvent:
     return eventlog.NewEvent("bench.event", f"bench:{i % 1000}", PAYLOAD | {"i": i}, visibility=("fire", "ems"))
 
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def bench_batches(pool, seconds: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -104,7 +101,7 @@ async def bench_latency(pool, seconds: float, rate: int = 1000) -> dict[str, flo
     await asyncio.gather(*tasks)
     await committer.stop()
     return {"rate_per_s": rate, "events": len(latencies), "p50_ms": round(statistics.median(latencies), 2),
-            "p99_ms": round(percentile(latencies, 99), 2), "max_ms": round(max(latencies), 2)}
+            "p99_ms": round(percentile(latencies, 99) or 0.0, 2), "max_ms": round(max(latencies), 2)}
 
 
 async def run(url: str, seconds: float) -> dict[str, object]:
