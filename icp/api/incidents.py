@@ -297,6 +297,38 @@ async def add_note(request: web.Request) -> web.Response:
     return await _command(request, command, status=201)
 
 
+@operation("Raise the alarm level (adds the next level's units to the plan); {\"level\": n} or the next one",
+           tags=("incidents",), request={"type": "object", "properties": {"level": {"type": "integer"}}},
+           parameters=(IDEMPOTENCY_PARAM,), responses={200: {"description": "the incident", "schema": INCIDENT_SCHEMA}})
+@require(*DISPATCHERS)
+async def raise_alarm(request: web.Request) -> web.Response:
+    body = await read_json_object(request, max_bytes=4096) if request.can_read_body else {}
+    command = decode_or_422(cmd.RaiseAlarmLevel, {"incident_id": request.match_info["id"],
+                                                  **({"to_level": body["level"]} if "level" in body else {})})
+    return await _command(request, command)
+
+
+@operation("Correct an incident: type, priority, location, address, zone", tags=("incidents",),
+           request={"type": "object",
+                    "properties": {k: {} for k in ("type", "priority", "location", "address", "zone")}},
+           parameters=(IDEMPOTENCY_PARAM,), responses={200: {"description": "the incident", "schema": INCIDENT_SCHEMA}})
+@require(*DISPATCHERS)
+async def update_incident(request: web.Request) -> web.Response:
+    body = await read_json_object(request, max_bytes=64 * 1024)
+    reject_unknown(body, {"type", "priority", "location", "address", "zone"})
+    fields: dict[str, Any] = {"incident_id": request.match_info["id"]}
+    if "type" in body:
+        if body["type"] not in request.app[appkeys.LIVE].plans.incident_types:
+            raise validation([FieldError("type", f"unknown incident type {str(body['type'])[:60]!r}")])
+        fields["incident_type"] = body["type"]
+    for name in ("priority", "address", "zone"):
+        if name in body:
+            fields[name] = body[name]
+    if "location" in body:
+        fields["location"] = point_field(body, "location").to_mapping()  # type: ignore[union-attr]
+    return await _command(request, decode_or_422(cmd.UpdateIncident, fields))
+
+
 ASSIGNMENT_ACTIONS: dict[str, type[cmd.Command]] = {
     "acknowledge": cmd.AcknowledgeAssignment, "decline": cmd.DeclineAssignment, "en-route": cmd.UnitEnRoute,
     "on-scene": cmd.UnitOnScene, "clear": cmd.ClearAssignment, "cancel": cmd.CancelAssignment,
@@ -370,6 +402,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/incidents", list_incidents)
     app.router.add_post("/api/v1/incidents", create_incident)
     app.router.add_get("/api/v1/incidents/{id}", get_incident)
+    app.router.add_patch("/api/v1/incidents/{id}", update_incident)
+    app.router.add_post("/api/v1/incidents/{id}/alarm", raise_alarm)
     app.router.add_get("/api/v1/incidents/{id}/timeline", timeline)
     app.router.add_post("/api/v1/incidents/{id}/recommendation", recommendation)
     app.router.add_post("/api/v1/incidents/{id}/assignments", dispatch_units)

@@ -364,3 +364,23 @@ async def test_acknowledgement_deadline_survives_a_restart(quick_ack: Settings, 
         if "incident.escalated" in await _timeline(restarted, incident["id"]):
             break
     assert "assignment.timed_out" in await _timeline(restarted, incident["id"])
+
+
+async def test_raise_alarm_adds_units_and_incidents_can_be_corrected(city: City) -> None:
+    incident = await city.incident("vehicle_fire", priority=3)
+    iid, token = incident["id"], city.tokens["hki-fire"]
+    before = await city.call("POST", f"/api/v1/incidents/{iid}/recommendation", token)
+    raised = await city.call("POST", f"/api/v1/incidents/{iid}/alarm", token)
+    assert raised["alarm_level"] == 2
+    after = await city.call("POST", f"/api/v1/incidents/{iid}/recommendation", token)
+    assert len(after["requirements"]) > len(before["requirements"]) or sum(
+        r["count"] for r in after["requirements"]) > sum(r["count"] for r in before["requirements"])
+    corrected = await city.call("PATCH", f"/api/v1/incidents/{iid}", token,
+                                json={"priority": 1, "type": "structure_fire", "address": "Pohjoisesplanadi 1"})
+    assert (corrected["priority"], corrected["incident_type"], corrected["address"]) == (
+        1, "structure_fire", "Pohjoisesplanadi 1")
+    body = await problem(await city.client.patch(f"/api/v1/incidents/{iid}", headers=bearer(token),
+                                                 json={"type": "picnic"}), 422)
+    assert body["errors"][0]["field"] == "type"
+    await problem(await city.client.post(f"/api/v1/incidents/{iid}/alarm", headers=bearer(token),
+                                         json={"level": 9}), 422)
