@@ -30,7 +30,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import defusedxml.ElementTree as SafeET
+import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]  # no stubs published
 import shapely
 from defusedxml import DefusedXmlException
 from shapely.geometry import Point as ShapelyPoint
@@ -204,7 +204,8 @@ def select_info(languages: Sequence[str], preferences: Sequence[str]) -> int:
 
 def _safe_parse(source: bytes | str) -> ET.Element:
     try:
-        return SafeET.fromstring(source, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        root: ET.Element = SafeET.fromstring(source, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        return root
     except DefusedXmlException:
         raise IntakeError(
             "xml_forbidden",

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from shapely.geometry import Point as ShapelyPoint
 
@@ -46,6 +47,8 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 REQUIRED = ("source", "id", "kind", "time", "location")
 OPTIONAL = ("severity", "urgency", "certainty", "headline", "description", "data")
 GEOMETRY_TYPES = ("Point", "Polygon", "MultiPolygon")
+
+E = TypeVar("E", bound=StrEnum)
 
 
 def parse_native(
@@ -159,10 +162,11 @@ def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
 
 
 def _kind(value: object, where: str) -> AlertKind:
-    return _vocab(AlertKind, value, where)
+    kind: AlertKind = _vocab(AlertKind, value, where)
+    return kind
 
 
-def _vocab(enum: Any, value: object, where: str) -> Any:
+def _vocab(enum: type[E], value: object, where: str) -> E:
     member = normalise(enum, value)
     if member is None:
         allowed = ", ".join(m.value for m in enum)
