@@ -55,6 +55,21 @@ async def _saved(conn: asyncpg.Connection, who: Principal, type_: str, subject: 
     return recorded[-1].seq
 
 
+async def _create_new(request: web.Request, *, table: str, kind: str, value: Any, save: Any, event_type: str,
+                      visibility: tuple[str, ...] = (eventlog.PUBLIC,)) -> web.Response:
+    """Insert a new reference record (409 if the id is taken) and put it on the record."""
+    who = principal(request)
+
+    async def work(conn: asyncpg.Connection) -> Written:
+        if await conn.fetchval(f"SELECT 1 FROM {table} WHERE id = $1", value.id):
+            raise Problem(409, "conflict", f"{kind} {value.id!r} already exists")
+        await save(conn, value)
+        seq = await _saved(conn, who, event_type, f"{kind}/{value.id}", kind, value, visibility)
+        return Written(201, codec.encode_fields(value), last_seq=seq)
+
+    return await write(request, work)
+
+
 # -- agencies ------------------------------------------------------------------------------------
 
 @operation("List agencies", tags=("agencies",), responses={200: {"description": "agencies", "schema": OBJ}})
@@ -73,16 +88,8 @@ async def create_agency(request: web.Request) -> web.Response:
     missing = [t.partner_id for t in agency.mutual_aid if t.partner_id not in live.state.agencies]
     if missing:
         raise validation([FieldError("mutual_aid", f"unknown partner agency {missing[0]!r}")])
-    who = principal(request)
-
-    async def work(conn: asyncpg.Connection) -> Written:
-        if await conn.fetchval("SELECT 1 FROM agencies WHERE id = $1", agency.id):
-            raise Problem(409, "conflict", f"agency {agency.id!r} already exists")
-        await store.save_agency(conn, agency)
-        seq = await _saved(conn, who, AGENCY_SAVED, f"agency/{agency.id}", "agency", agency)
-        return Written(201, codec.encode_fields(agency), last_seq=seq)
-
-    return await write(request, work)
+    return await _create_new(request, table="agencies", kind="agency", value=agency, save=store.save_agency,
+                             event_type=AGENCY_SAVED)
 
 
 def _agency(request: web.Request) -> Agency:
@@ -175,15 +182,8 @@ async def create_station(request: web.Request) -> web.Response:
         raise validation([FieldError("agency_id", f"unknown agency {station.agency_id!r}")])
     if not _may_manage(who, station.agency_id):
         raise forbidden("only administrators and the agency's own supervisors add its stations")
-
-    async def work(conn: asyncpg.Connection) -> Written:
-        if await conn.fetchval("SELECT 1 FROM stations WHERE id = $1", station.id):
-            raise Problem(409, "conflict", f"station {station.id!r} already exists")
-        await store.save_station(conn, station)
-        seq = await _saved(conn, who, STATION_SAVED, f"station/{station.id}", "station", station)
-        return Written(201, codec.encode_fields(station), last_seq=seq)
-
-    return await write(request, work)
+    return await _create_new(request, table="stations", kind="station", value=station, save=store.save_station,
+                             event_type=STATION_SAVED)
 
 
 # -- units ---------------------------------------------------------------------------------------
@@ -222,15 +222,8 @@ async def create_unit(request: web.Request) -> web.Response:
         raise validation([FieldError("station_id", f"unknown station {unit.station_id!r}")])
     if not _may_manage(who, unit.agency_id):
         raise forbidden("only administrators and the agency's own supervisors add its units")
-
-    async def work(conn: asyncpg.Connection) -> Written:
-        if await conn.fetchval("SELECT 1 FROM units WHERE id = $1", unit.id):
-            raise Problem(409, "conflict", f"unit {unit.id!r} already exists")
-        await store.save_unit(conn, unit)
-        seq = await _saved(conn, who, UNIT_SAVED, f"unit/{unit.id}", "unit", unit, (unit.agency_id,))
-        return Written(201, unit_view(unit), last_seq=seq)
-
-    return await write(request, work)
+    return await _create_new(request, table="units", kind="unit", value=unit, save=store.save_unit,
+                             event_type=UNIT_SAVED, visibility=(unit.agency_id,))
 
 
 def _visible_unit(request: web.Request) -> Unit:
