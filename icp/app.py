@@ -127,6 +127,7 @@ async def _dispatch(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_websockets(app: web.Application) -> None:
     # 1001 Going Away tells clients to reconnect (to another node, or to this one after restart).
-    for ws in list(app[appkeys.WEBSOCKETS]):
+    registry = app[appkeys.WEBSOCKETS]
+    for ws in list(registry):
         with contextlib.suppress(Exception):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")

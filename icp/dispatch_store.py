@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -23,7 +23,7 @@ from dispatch.lifecycle import OPEN_INCIDENT
 from dispatch.response_plan import ResponsePlan, ResponsePlans, default_plans
 from dispatch.unit import Unit
 
-Connection = asyncpg.Connection | asyncpg.Pool
+Connection: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
 def agency_from(doc: Mapping[str, Any]) -> Agency:

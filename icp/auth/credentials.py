@@ -122,7 +122,7 @@ async def revoke_token(conn: asyncpg.Connection | asyncpg.Pool, token_id: int) -
     status = await conn.execute(
         "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", token_id
     )
-    return status.endswith(" 1")
+    return bool(status.endswith(" 1"))
 
 
 # -- users and passwords ---------------------------------------------------------------------

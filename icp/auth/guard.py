@@ -21,7 +21,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 async def authenticate(request: web.Request) -> Principal:
     """The caller, from a bearer token or else the console's session cookie; 401 otherwise."""
-    cached = request.get(PRINCIPAL)
+    cached: Principal | None = request.get(PRINCIPAL)
     if cached is not None:
         return cached
     pool = request.app[POOL]
@@ -81,7 +81,7 @@ def require(*roles: Role | str) -> Callable[[Handler], Handler]:
 
 def principal(request: web.Request) -> Principal:
     """The principal `require` authenticated for this request."""
-    who = request.get(PRINCIPAL)
+    who: Principal | None = request.get(PRINCIPAL)
     if who is None:
         raise RuntimeError("principal() used on a handler without require()")
     return who

@@ -79,7 +79,7 @@ def format_at(at: datetime) -> str:
 
 
 # The C string encoder json.dumps uses for ensure_ascii=False: same output, a fraction of the cost.
-_jstr = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_jstr = json.encoder.encode_basestring
 
 
 def _envelope(
