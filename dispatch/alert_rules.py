@@ -320,3 +320,24 @@ def default_alert_rules() -> AlertRules:
     rules = AlertRules.from_list(shipped_settings()["rules"])
     rules.check_plans(default_plans())
     return rules
+
+
+def rules_markdown(rules: AlertRules) -> str:
+    """The rule table as Markdown, as ``docs/intake.md`` shows it (a test keeps the two equal)."""
+    lines = [
+        "| # | Alert kind | When | Incident type | Priority | Dispatch | Why |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, rule in enumerate(rules.rules, start=1):
+        when = rule.describe().removeprefix(f"{rule.kind.value} with ").removeprefix(f"any {rule.kind.value}")
+        lines.append(
+            f"| {i} | {rule.kind.value} | {when or 'always'} | {rule.incident_type or '(record only)'} | "
+            f"{rule.priority} | {_dispatch_word(rule)} | {rule.note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _dispatch_word(rule: AlertRule) -> str:
+    if rule.incident_type is None:
+        return "—"
+    return "automatic" if rule.auto_dispatch else "dispatcher"

@@ -540,3 +540,26 @@ def correlate_all(
         out.append(outcome)
     return out, snapshot
 
+
+
+def policy_markdown(policy: CorrelationPolicy, rules: AlertRules | None = None) -> str:
+    """The correlation settings as Markdown tables, as ``docs/intake.md`` shows them."""
+    lines = [
+        "| Alert kind | Radius | Time window | Joins open incidents of type |",
+        "| --- | --- | --- | --- |",
+    ]
+    for kind in AlertKind:
+        reach = policy.reach_of(kind)
+        types = ", ".join(sorted(policy.compatible_types(kind, rules))) or "(none: opens no incident)"
+        lines.append(f"| {kind.value} | {_metres(reach.radius_m)} | {_duration(reach.window_s)} | {types} |")
+    lines += [
+        "",
+        "| Incident types | At linked alerts | Priority | Type becomes | Why |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for rule in policy.escalation:
+        lines.append(
+            f"| {', '.join(sorted(rule.incident_types))} | {rule.min_alerts} | +{rule.raise_by} (at most 1) | "
+            f"{rule.change_type_to or '(unchanged)'} | {rule.note} |"
+        )
+    return "\n".join(lines) + "\n"

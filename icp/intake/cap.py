@@ -185,14 +185,14 @@ def kind_of(
 
 
 def select_info(languages: Sequence[str], preferences: Sequence[str]) -> int:
-    """Index of the info block to use: the first preference matched exactly (case-insensitive),
-    else the first preference whose primary language matches (``en-US`` takes ``en-CA``), else 0."""
+    """Index of the info block to use: for each preference in order, an exact tag (case-insensitive)
+    or else the same primary language (``en-US`` takes ``en-CA``); with no match, the first block."""
     tags = [t.strip().lower() for t in languages]
     for pref in preferences:
-        if pref.strip().lower() in tags:
-            return tags.index(pref.strip().lower())
-    for pref in preferences:
-        primary = pref.strip().lower().split("-")[0]
+        wanted = pref.strip().lower()
+        if wanted in tags:
+            return tags.index(wanted)
+        primary = wanted.split("-")[0]
         for i, tag in enumerate(tags):
             if tag.split("-")[0] == primary:
                 return i
@@ -287,6 +287,8 @@ def validate_cap_xsd(root: ET.Element) -> None:
     try:
         for error in schema.iter_errors(root):
             reason = _NAMESPACE.sub("", str(error.reason or error.message))
+            if isinstance(error.obj, str) and error.obj.strip():
+                reason += f" (got {error.obj.strip()[:40]!r})"
             details.append(Finding("schema_invalid", _pointer(error.path), reason))
             if len(details) >= MAX_SCHEMA_ERRORS:
                 break
