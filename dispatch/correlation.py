@@ -268,12 +268,14 @@ class OpenIncidents:
     """An immutable snapshot of open incidents, grouped by type with their coordinates as arrays.
 
     Build it once from the live picture and replace it as incidents change (`with_incident`,
-    `without`); each change rebuilds only the group of the type it touches. Alerts handled one
-    after another (a batch) must see the incidents the earlier ones opened, so the caller adds
-    each new incident before correlating the next alert.
+    `without`). A change copies the per-type index (a handful of entries), not the incidents;
+    an attach that moves no incident keeps its type's coordinate arrays, and anything else
+    rebuilds only the arrays of the type it touches, when next asked. Alerts handled one after
+    another (a batch) must see the incidents the earlier ones opened, so the caller adds each new
+    incident before correlating the next alert (`correlate_all` does).
     """
 
-    __slots__ = ("_by_id", "_groups")
+    __slots__ = ("_by_id", "_by_type", "_groups")
 
     def __init__(self, incidents: Iterable[OpenIncident] = ()) -> None:
         by_id: dict[str, OpenIncident] = {}
@@ -284,6 +286,7 @@ class OpenIncidents:
                 raise Invalid(f"incident {incident.id!r} is listed twice")
             by_id[incident.id] = incident
         self._by_id: Mapping[str, OpenIncident] = MappingProxyType(by_id)
+        self._by_type: dict[str, tuple[OpenIncident, ...]] | None = None  # built on first use
         self._groups: dict[str, _Group] = {}
 
     def __len__(self) -> int:
@@ -295,13 +298,48 @@ class OpenIncidents:
     def get(self, incident_id: str) -> OpenIncident | None:
         return self._by_id.get(incident_id)
 
+    def _types(self) -> dict[str, tuple[OpenIncident, ...]]:
+        if self._by_type is None:
+            grouped: dict[str, list[OpenIncident]] = {}
+            for incident in self._by_id.values():
+                grouped.setdefault(incident.incident_type, []).append(incident)
+            self._by_type = {t: tuple(members) for t, members in grouped.items()}
+        return self._by_type
+
+    def _derived(self, by_id: dict[str, OpenIncident]) -> OpenIncidents:
+        out = OpenIncidents.__new__(OpenIncidents)
+        out._by_id = MappingProxyType(by_id)
+        out._by_type = None if self._by_type is None else dict(self._by_type)
+        out._groups = dict(self._groups)
+        return out
+
+    def _drop(self, incident: OpenIncident) -> None:
+        if self._by_type is not None:
+            t = incident.incident_type
+            self._by_type[t] = tuple(m for m in self._by_type[t] if m.id != incident.id)
+        self._groups.pop(incident.incident_type, None)
+
     def with_incident(self, incident: OpenIncident) -> OpenIncidents:
         """A snapshot with ``incident`` added, or replacing the one with its id."""
+        if not isinstance(incident, OpenIncident):
+            raise Invalid("open incidents must be OpenIncident values")
         old = self._by_id.get(incident.id)
-        out = OpenIncidents.__new__(OpenIncidents)
-        out._by_id = MappingProxyType({**self._by_id, incident.id: incident})
-        stale = {incident.incident_type} | ({old.incident_type} if old is not None else set())
-        out._groups = {t: g for t, g in self._groups.items() if t not in stale}
+        out = self._derived({**self._by_id, incident.id: incident})
+        t = incident.incident_type
+        if out._by_type is None:
+            return out
+        if old is not None and old.incident_type == t and old.location == incident.location:
+            # Same type, same place (an attach): swap the member and keep the coordinate arrays.
+            members = tuple(incident if m.id == incident.id else m for m in out._by_type[t])
+            out._by_type[t] = members
+            group = out._groups.get(t)
+            if group is not None:
+                out._groups[t] = _Group(members, group.lats, group.lons)
+            return out
+        if old is not None:
+            out._drop(old)
+        out._by_type[t] = (*out._by_type.get(t, ()), incident)
+        out._groups.pop(t, None)
         return out
 
     def without(self, incident_id: str) -> OpenIncidents:
@@ -309,47 +347,55 @@ class OpenIncidents:
         old = self._by_id.get(incident_id)
         if old is None:
             return self
-        out = OpenIncidents.__new__(OpenIncidents)
-        out._by_id = MappingProxyType({k: v for k, v in self._by_id.items() if k != incident_id})
-        out._groups = {t: g for t, g in self._groups.items() if t != old.incident_type}
+        out = self._derived({k: v for k, v in self._by_id.items() if k != incident_id})
+        out._drop(old)
         return out
 
     def _group(self, incident_type: str) -> _Group | None:
-        # Groups are built on first use: a snapshot replaced after every change only pays for
-        # the types an alert actually asks about.
         group = self._groups.get(incident_type)
         if group is None:
-            members = tuple(i for i in self._by_id.values() if i.incident_type == incident_type)
+            members = self._types().get(incident_type)
             if not members:
                 return None
             lats, lons = as_arrays([i.location for i in members])
             group = self._groups[incident_type] = _Group(members, lats, lons)
         return group
 
-    def near(self, point: Point, types: Iterable[str], radius_m: float) -> list[tuple[OpenIncident, float]]:
-        """Incidents of ``types`` within ``radius_m`` of ``point``, with their distances (metres)."""
-        out: list[tuple[OpenIncident, float]] = []
+    def measure(self, point: Point, types: Iterable[str]) -> list[tuple[tuple[OpenIncident, ...], FloatArray]]:
+        """Each non-empty group of ``types`` (in name order) with its distances from ``point`` (metres)."""
+        out = []
         for incident_type in sorted(types):
             group = self._group(incident_type)
-            if group is None:
-                continue
-            d = haversine_m(point, group.lats, group.lons)
-            for i in (d <= radius_m).nonzero()[0].tolist():
-                out.append((group.incidents[i], float(d[i])))
+            if group is not None:
+                out.append((group.incidents, haversine_m(point, group.lats, group.lons)))
         return out
 
+    def near(self, point: Point, types: Iterable[str], radius_m: float) -> list[tuple[OpenIncident, float]]:
+        """Incidents of ``types`` within ``radius_m`` of ``point``, with their distances (metres)."""
+        return _within(self.measure(point, types), radius_m)
+
     def nearest(self, point: Point, types: Iterable[str]) -> tuple[OpenIncident, float] | None:
-        """The nearest incident of ``types`` at any distance (for explaining a miss)."""
-        best: tuple[OpenIncident, float] | None = None
-        for incident_type in sorted(types):
-            group = self._group(incident_type)
-            if group is None:
-                continue
-            d = haversine_m(point, group.lats, group.lons)
-            i = int(d.argmin())
-            if best is None or float(d[i]) < best[1]:
-                best = (group.incidents[i], float(d[i]))
-        return best
+        """The nearest incident of ``types`` at any distance."""
+        return _nearest(self.measure(point, types))
+
+
+def _within(
+    measured: Sequence[tuple[tuple[OpenIncident, ...], FloatArray]], radius_m: float
+) -> list[tuple[OpenIncident, float]]:
+    out = []
+    for incidents, d in measured:
+        for i in (d <= radius_m).nonzero()[0].tolist():
+            out.append((incidents[i], float(d[i])))
+    return out
+
+
+def _nearest(measured: Sequence[tuple[tuple[OpenIncident, ...], FloatArray]]) -> tuple[OpenIncident, float] | None:
+    best: tuple[OpenIncident, float] | None = None
+    for incidents, d in measured:
+        i = int(d.argmin())
+        if best is None or float(d[i]) < best[1]:
+            best = (incidents[i], float(d[i]))
+    return best
 
 
 # --- the answer ------------------------------------------------------------------------------
@@ -421,15 +467,16 @@ def correlate(
     if not types:
         return Correlation("create", alert.alert_id, f"{kind} alerts join no incident type; a new incident")
 
+    measured = snapshot.measure(alert.location, types)
     matches = []
-    for incident, distance in snapshot.near(alert.location, types, reach.radius_m):
+    for incident, distance in _within(measured, reach.radius_m):
         gap = abs((alert.at - incident.reference_time).total_seconds())
         if gap <= reach.window_s:
             # Nearest first; then the most recently alerted; then the id, so ties are stable.
             key = (distance, -incident.reference_time.timestamp(), incident.id)
             matches.append((key, incident, distance, gap))
     if not matches:
-        return Correlation("create", alert.alert_id, _miss_reason(alert, snapshot, types, reach))
+        return Correlation("create", alert.alert_id, _miss_reason(alert, _nearest(measured), types, reach))
 
     _, incident, distance, gap = min(matches, key=lambda m: m[0])
     return _attach(alert, incident, distance, gap, len(matches), reach, policy)
@@ -488,10 +535,11 @@ def _attach(
     )
 
 
-def _miss_reason(alert: AlertFacts, snapshot: OpenIncidents, types: frozenset[str], reach: Reach) -> str:
+def _miss_reason(
+    alert: AlertFacts, nearest: tuple[OpenIncident, float] | None, types: frozenset[str], reach: Reach
+) -> str:
     names = "/".join(sorted(types))
     reason = f"no open {names} incident within {reach.describe()} of this {alert.kind.value} alert; a new incident"
-    nearest = snapshot.nearest(alert.location, types)
     if nearest is not None:
         incident, distance = nearest
         gap = abs((alert.at - incident.reference_time).total_seconds())

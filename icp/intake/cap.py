@@ -34,11 +34,13 @@ import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]  # no st
 import shapely
 from defusedxml import DefusedXmlException
 from shapely.geometry import Point as ShapelyPoint
+from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from dispatch.alert_rules import AlertKind, Certainty, Severity, Urgency, normalise
-from geo.coords import Point
-from geo.geojson import GeometryError, parse_cap_circle, parse_cap_polygon, require_valid
+from geo.coords import CoordinateError, Point
+from geo.distance import from_local_metres
+from geo.geojson import Circle, GeometryError, parse_cap_circle, parse_cap_polygon, require_valid
 from icp.intake.report import (
     DEFAULT_CONFIG,
     MAX_DESCRIPTION_CHARS,
@@ -688,13 +690,31 @@ class _Reader:
             self.area_problem("invalid_circle", where, f"{exc}; this circle is ignored")
             return None
         try:
-            return circle.to_shape(), circle.center
+            return _disc(circle), circle.center
         except GeometryError as exc:
             self.area_problem("invalid_circle", where, f"{exc}; only its centre is used")
             return ShapelyPoint(circle.center.lon, circle.center.lat), circle.center
 
 
 _STATUSES = ("actual", "exercise", "system", "test", "draft")
+# Circles up to this radius are drawn in a local metric frame (about 0.15 ms) rather than by 64
+# geodesic destinations (about 2 ms): sensor feeds send small circles by the thousand, and the
+# two outlines differ by 0.6 % of the area, the haversine tolerance used for ranking anyway.
+LOCAL_DISC_MAX_M = 10_000.0
+
+
+def _disc(circle: Circle) -> BaseGeometry:
+    """A CAP circle as a lon/lat shape: its centre for radius 0, else a 64-vertex outline."""
+    if circle.radius_m == 0:
+        return ShapelyPoint(circle.center.lon, circle.center.lat)
+    if circle.radius_m > LOCAL_DISC_MAX_M:
+        return circle.to_polygon()
+    ring = ShapelyPoint(0.0, 0.0).buffer(circle.radius_m, quad_segs=16).exterior.coords
+    try:
+        rim = [from_local_metres(x, y, circle.center) for x, y in ring]
+    except CoordinateError:  # within 10 km of a pole: the exact construction says why not
+        return circle.to_polygon()
+    return Polygon([(p.lon, p.lat) for p in rim])
 
 
 @cache

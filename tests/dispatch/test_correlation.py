@@ -177,6 +177,26 @@ def test_snapshot_updates_touch_only_what_changed():
         OpenIncidents([incident("F"), incident("F")])
 
 
+def test_a_snapshot_changed_many_times_answers_like_one_built_afresh():
+    rng = random.Random(3)
+    types = ["structure_fire", "alarm_activation", "gunshot"]
+    snap = OpenIncidents(incident(f"I{i}", rng.choice(types), metres=rng.uniform(-300, 300)) for i in range(30))
+    probes = [facts(f"p{i}", rng.choice(["smoke", "gunshot"]), metres=rng.uniform(-300, 300)) for i in range(20)]
+    for step in range(200):
+        [correlate(p, snap) for p in probes[:2]]  # build some groups, so changes must keep them right
+        action = rng.random()
+        iid = f"I{rng.randrange(40)}"
+        if action < 0.3:
+            snap = snap.without(iid)
+        elif action < 0.6 and snap.get(iid) is not None:
+            snap = snap.with_incident(replace(snap.get(iid), alert_count=snap.get(iid).alert_count + 1))
+        else:
+            snap = snap.with_incident(incident(iid, rng.choice(types), metres=rng.uniform(-300, 300)))
+        if step % 20 == 0:
+            fresh = OpenIncidents(list(snap))
+            assert [correlate(p, snap) for p in probes] == [correlate(p, fresh) for p in probes]
+
+
 def test_after_applies_an_attach_and_refuses_anything_else():
     inc = incident("F")
     out = correlate(facts("x", seconds=60), [inc])

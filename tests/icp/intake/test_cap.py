@@ -11,6 +11,7 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry import Point as ShapelyPoint
 
 from dispatch.alert_rules import AlertKind, Certainty, Severity, Urgency
+from geo.geojson import parse_cap_circle
 from icp.intake.cap import CapKindRule, kind_of, parse_cap, select_info
 from icp.intake.report import AlertReport, IntakeConfig, IntakeError, LocationFlag, MsgType, Status
 from tests.icp.intake import (
@@ -527,3 +528,11 @@ def test_a_parse_is_fast():
     for _ in range(50):
         parse_cap(doc)
     assert (time.perf_counter() - started) / 50 < 0.01
+
+
+@pytest.mark.parametrize("radius_km", ["0.05", "2", "9.9", "25"])
+def test_circles_match_the_geodesic_outline(radius_km):
+    text = f"{HELSINKI[0]},{HELSINKI[1]} {radius_km}"
+    report = parse(cap_doc(infos=(cap_info(areas=(cap_area(circle=text),)),)))
+    exact = parse_cap_circle(text).to_polygon()
+    assert report.area.symmetric_difference(exact).area / exact.area < 0.01
