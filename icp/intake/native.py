@@ -139,7 +139,8 @@ def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
     if config.too_far_ahead(values["time"], now):
         notes.add("time_in_future", "/time", f"{obj['time']} is ahead of the server's clock")
     placement = place(values["location"], config)
-    data = dict(values.get("data", {}))
+    # The sender's own details stay apart from what intake adds, so no key of theirs is overwritten.
+    data: dict[str, Any] = {"native": values["data"]} if "data" in values else {}
     if placement.data:
         data["placement"] = dict(placement.data)
     return AlertReport(

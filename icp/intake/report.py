@@ -582,22 +582,25 @@ def place(
     point = center or representative_point(shape)
     service = config.service_area
     doubt = () if trusted else (LocationFlag.NONCONFORMING_LOCATION,)
-    as_written = {"area_as_written": geometry_to_geojson(shape)}
     if service is None:
         if not trusted:
-            return Placement(None, None, (*doubt, LocationFlag.NO_LOCATION), as_written)
+            return Placement(None, None, (*doubt, LocationFlag.NO_LOCATION), _as_written(shape))
         return Placement(point, area, ())
     if shape.intersects(service):
         if not service.intersects(ShapelyPoint(point.lon, point.lat)):
             point = representative_point(shape.intersection(service))
         return Placement(point, area, doubt)
     if axis_swap_suspected(shape, service):
-        swapped = swap_axes(shape)
-        data = {**as_written, "location_if_swapped": representative_point(swapped).to_mapping()}
+        data = {**_as_written(shape), "location_if_swapped": representative_point(swap_axes(shape)).to_mapping()}
         return Placement(None, None, (*doubt, LocationFlag.AXIS_SWAP_SUSPECTED), data)
     if not trusted:
-        return Placement(None, None, (*doubt, LocationFlag.OUTSIDE_SERVICE_AREA), as_written)
+        return Placement(None, None, (*doubt, LocationFlag.OUTSIDE_SERVICE_AREA), _as_written(shape))
     return Placement(point, area, (LocationFlag.OUTSIDE_SERVICE_AREA,))
+
+
+def _as_written(shape: BaseGeometry) -> dict[str, Any]:
+    # What the sender wrote, kept for the person who has to decide where it really is.
+    return {"area_as_written": geometry_to_geojson(shape)}
 
 
 def geojson_shape(obj: Any, where: str, *, allowed: Sequence[str], max_positions: int) -> BaseGeometry:

@@ -48,7 +48,7 @@ def test_a_good_alert():
     assert (report.location.lat, report.location.lon) == HELSINKI
     assert report.area is None and report.location_flags == ()
     assert report.severity is Severity.SEVERE and report.certainty is Certainty.OBSERVED
-    assert report.description == "Kitchen" and report.data == {"floor": 3}
+    assert report.description == "Kitchen" and report.data == {"native": {"floor": 3}}
     assert report.actionable
     assert AlertReport.from_json(json.loads(json.dumps(report.to_json()))) == report
 
