@@ -288,7 +288,7 @@ def validate_cap_xsd(root: ET.Element) -> None:
     details = []
     try:
         for error in schema.iter_errors(root):
-            reason = _NAMESPACE.sub("", str(error.reason or error.message))
+            reason = _NAMESPACE.sub("", str(error.reason or error.message))[:300]
             if isinstance(error.obj, str) and error.obj.strip():
                 reason += f" (got {error.obj.strip()[:40]!r})"
             details.append(Finding("schema_invalid", _pointer(error.path), reason))
@@ -363,11 +363,12 @@ class _Reader:
                 continue  # other vocabularies (an xmldsig Signature) are not CAP's to judge
             if name not in known:
                 fixed = _case_insensitive(known).get(name.lower())
+                shown = name[:40]  # a tag name is the sender's text: quote a bounded part
                 if fixed is None:
-                    self.note("unknown_element", f"{where}/{name}", f"<{name}> is not a CAP element; ignored")
+                    self.note("unknown_element", f"{where}/{shown}", f"<{shown}> is not a CAP element; ignored")
                     continue
-                self.note("nonconforming_element", f"{where}/{name}",
-                          f"<{name}> read as <{fixed}> (CAP is case-sensitive)")
+                self.note("nonconforming_element", f"{where}/{shown}",
+                          f"<{shown}> read as <{fixed}> (CAP is case-sensitive)")
                 self.nonconforming.add(id(child))
                 name = fixed
             out.setdefault(name, []).append(child)
@@ -752,7 +753,7 @@ def parse_cap(
     ns, name = _split(root.tag)
     if name != "alert" or not (ns in CAP_VERSIONS or ns == ""):
         where = f" in namespace {ns}" if ns else ""
-        raise IntakeError("not_cap", f"the root element is <{name[:40]}>{where[:120]}; CAP is <alert> in {CAP12}")
+        raise IntakeError("not_cap", f"the root element is <{name[:40]}>{where[:80]}; CAP is <alert> in {CAP12}")
     if config.strict:
         if ns != CAP12:
             raise IntakeError("schema_invalid", f"strict mode reads CAP 1.2 only (namespace {CAP12})")

@@ -536,3 +536,13 @@ def test_circles_match_the_geodesic_outline(radius_km):
     report = parse(cap_doc(infos=(cap_info(areas=(cap_area(circle=text),)),)))
     exact = parse_cap_circle(text).to_polygon()
     assert report.area.symmetric_difference(exact).area / exact.area < 0.01
+
+
+def test_messages_quote_only_a_bounded_part_of_what_was_sent():
+    long_tag = "X" * 5_000
+    doc = cap_doc(infos=(cap_info(extra=f"<{long_tag}>y</{long_tag}>"),))
+    report = parse(doc)
+    assert all(len(f.message) < 200 and len(f.field) < 100 for f in report.findings)
+    with pytest.raises(IntakeError) as err:
+        parse(doc, STRICT)
+    assert all(len(e["message"]) < 400 for e in err.value.errors())
