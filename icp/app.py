@@ -18,6 +18,7 @@ from icp.config import Settings
 from icp.dispatch_service import DispatchService
 from icp.errors import problem_middleware
 from icp.geography import Geography
+from icp.intake.service import IntakeService
 from icp.live import LivePicture
 from icp.metrics import Metrics, metrics_middleware
 from icp.scheduler import TimerScheduler
@@ -117,6 +118,7 @@ async def _dispatch(app: web.Application) -> AsyncIterator[None]:
         max_travel_s=settings.max_travel_s, max_position_age_s=settings.max_position_age_s))
     scheduler = TimerScheduler(pool, service, feed, interval_s=settings.timer_interval_s)
     app[appkeys.LIVE], app[appkeys.DISPATCH], app[appkeys.SCHEDULER] = live, service, scheduler
+    app[appkeys.INTAKE] = IntakeService(app[appkeys.COMMITTER], service)
     scheduler.start()
     try:
         yield

@@ -13,6 +13,7 @@ from icp.config import Settings
 if TYPE_CHECKING:
     from icp.dispatch_service import DispatchService
     from icp.geography import Geography
+    from icp.intake.service import IntakeService
     from icp.live import LivePicture
     from icp.metrics import Metrics
     from icp.scheduler import TimerScheduler
@@ -30,3 +31,4 @@ GEOGRAPHY: web.AppKey[Geography] = web.AppKey("geography")
 LIVE: web.AppKey[LivePicture] = web.AppKey("live")
 DISPATCH: web.AppKey[DispatchService] = web.AppKey("dispatch")
 SCHEDULER: web.AppKey[TimerScheduler] = web.AppKey("scheduler")
+INTAKE: web.AppKey[IntakeService] = web.AppKey("intake")

@@ -86,7 +86,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     async def action(conn: asyncpg.Connection, settings: Settings) -> int:
         issued = await credentials.create_token(
             conn, args.role, agency=args.agency, unit=args.unit, name=args.name or "",
-            expires_in=expires_in,
+            expires_in=expires_in, source=args.source,
         )
         print(issued.secret)
         note = f"token {issued.id} ({args.role})"
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agency", help="bind the token to an agency id")
     p.add_argument("--unit", help="bind the token to a unit id")
     p.add_argument("--name", help="a label for the token (who or what holds it)")
+    p.add_argument("--source", help="bind a sensor key to a sensor network: its native alerts must name "
+                   "this source, and its SensorThings observations are filed under it")
     p.add_argument("--expires-in", help="lifetime such as 3600, 30m, 12h or 90d (default: none)")
     p.set_defaults(func=cmd_token_create)
     p = token_sub.add_parser("revoke", help="revoke a token by id", description="Revoke a token.")

@@ -59,6 +59,13 @@ class Settings:
     max_travel_s: float = 720.0
     max_position_age_s: float = 300.0
     timer_interval_s: float = 0.25
+    # Sensor intake: the service area when no jurisdiction is defined ("min_lon,min_lat,max_lon,
+    # max_lat"), CAP language preference, strict XSD validation, per-key rate limits.
+    service_area: str | None = None
+    intake_languages: str = "en-US,en,fi,sv"
+    cap_strict: bool = False
+    sensor_rate_per_s: float = 1000.0
+    sensor_burst: int = 2000
     # Event log
     event_poll_interval_s: float = 1.0
     group_commit_max_batch: int = 2000

@@ -74,6 +74,7 @@ class Outcome:
 
     events: list[dev.Event] = field(default_factory=list)
     recorded: list[RecordedEvent] = field(default_factory=list)
+    staged: list[NewEvent] = field(default_factory=list)  # when run(log=False): for the caller to append
     state: DispatchState | None = None
     incident_agencies: dict[str, list[str]] = field(default_factory=dict)
 
@@ -91,8 +92,12 @@ class DispatchService:
     # -- the one write path ------------------------------------------------------------------------
     async def run(
         self, conn: asyncpg.Connection, command: cmd.Command, who: Principal, *, now: datetime | None = None,
-        new_incident_agencies: list[str] | None = None,
+        new_incident_agencies: list[str] | None = None, log: bool = True, authorize: bool = True,
     ) -> Outcome:
+        """Execute ``command`` in the caller's open transaction. With ``log=False`` the events are
+        returned in ``staged`` for the caller to append (group commit appends a batch at once).
+        ``authorize=False`` is for the server's own logic acting on a principal's behalf (intake
+        correlating a sensor's alert); ``who`` is still recorded as the actor."""
         now = now or datetime.now(UTC)
         incident_ids = {v for v in (getattr(command, "incident_id", None),) if v}
         assignment_ids = {v for v in (getattr(command, "assignment_id", None),) if v}
@@ -102,7 +107,8 @@ class DispatchService:
         held = await store.lock(conn, incident_ids=incident_ids, unit_ids=unit_ids, assignment_ids=assignment_ids)
         if isinstance(command, cmd.CreateIncident):
             held.incident_agencies[command.incident_id] = list(new_incident_agencies or [EVERYONE])
-        self._authorize(who, command, held)
+        if authorize:
+            self._authorize(who, command, held)
         state = DispatchState(
             agencies=self.live.state.agencies, stations=self.live.state.stations, units=held.units,
             incidents=held.incidents, assignments=held.assignments, policy=self.live.policy,
@@ -116,8 +122,10 @@ class DispatchService:
                 if EVERYONE not in agencies[ev.incident_id] and unit_agency not in agencies[ev.incident_id]:
                     agencies[ev.incident_id] = [*agencies[ev.incident_id], unit_agency]
         await self._write(conn, state, after, agencies, events)
-        recorded = await eventlog.append(conn, [self._log_event(ev, after, agencies, who) for ev in events])
-        return Outcome(events, recorded, after, agencies)
+        entries = [self._log_event(ev, after, agencies, who) for ev in events]
+        if not log:
+            return Outcome(events, [], entries, after, agencies)
+        return Outcome(events, await eventlog.append(conn, entries), [], after, agencies)
 
     def _authorize(self, who: Principal, command: cmd.Command, held: store.Locked) -> None:
         incident_id = getattr(command, "incident_id", None)
@@ -181,6 +189,7 @@ class DispatchService:
     async def create_incident(
         self, conn: asyncpg.Connection, who: Principal, *, incident_type: str, priority: int, location: Point,
         address: str = "", zone: str | None = None, alert_ids: tuple[str, ...] = (), now: datetime | None = None,
+        log: bool = True, authorize: bool = True,
     ) -> Outcome:
         now = now or datetime.now(UTC)
         if not self.live.plans.for_type(incident_type):
@@ -197,7 +206,8 @@ class DispatchService:
             incident_id=str(number), number=number, incident_type=incident_type, priority=priority,
             location=location, address=address, zone=zone, alert_ids=alert_ids,
         )
-        return await self.run(conn, command, who, now=now, new_incident_agencies=agency_ids)
+        return await self.run(conn, command, who, now=now, new_incident_agencies=agency_ids, log=log,
+                              authorize=authorize)
 
     def home_agencies(self, incident: Incident) -> list[str]:
         return sorted(set(self.geography.areas.jurisdiction_of(incident.location)))

@@ -186,6 +186,18 @@ def _from_domain(exc: BaseException) -> Problem | None:
 register_translator(_from_domain)
 
 
+def _from_intake(exc: BaseException) -> Problem | None:
+    from icp.intake.report import ERROR_STATUS, IntakeError
+
+    if not isinstance(exc, IntakeError):
+        return None
+    errors = tuple(FieldError(e["field"], e["message"]) for e in exc.errors())
+    return Problem(ERROR_STATUS.get(exc.code, 422), exc.code, str(exc), errors=errors)
+
+
+register_translator(_from_intake)
+
+
 def problem_response(problem: Problem, instance: str | None = None) -> web.Response:
     return web.Response(
         status=problem.status,

@@ -21,11 +21,16 @@ from dispatch.errors import DomainError, IllegalTransition, NotFound
 from icp import dispatch_store as store
 from icp.auth.principal import SYSTEM
 from icp.dispatch_service import DispatchService
+from icp.intake.service import AUTO_DISPATCH
 from icp.store.feed import EventFeed
 
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 20
 MAX_ATTEMPTS = 10
+
+
+class RetryLater(Exception):
+    """The timer's work cannot be done yet (e.g. the live picture has not seen the incident)."""
 
 
 class TimerScheduler:
@@ -74,15 +79,16 @@ class TimerScheduler:
                 except (IllegalTransition, NotFound) as exc:
                     log.info("timer %s %s no longer applies: %s", row["kind"], row["ref"], exc)
                     await conn.execute("DELETE FROM timers WHERE id = $1", row["id"])
-                except (DomainError, asyncpg.PostgresError) as exc:
+                except (RetryLater, DomainError, asyncpg.PostgresError) as exc:
                     attempts = row["attempts"] + 1
-                    log.warning("timer %s %s failed (attempt %d): %s", row["kind"], row["ref"], attempts, exc)
+                    if not isinstance(exc, RetryLater):
+                        log.warning("timer %s %s failed (attempt %d): %s", row["kind"], row["ref"], attempts, exc)
                     if attempts >= MAX_ATTEMPTS:
                         await conn.execute("DELETE FROM timers WHERE id = $1", row["id"])
                     else:
                         await conn.execute(
                             "UPDATE timers SET attempts = $2, due_at = $3 WHERE id = $1",
-                            row["id"], attempts, now + timedelta(seconds=min(60, 2**attempts)),
+                            row["id"], attempts, now + timedelta(seconds=min(60.0, 0.2 * 2**attempts)),
                         )
         self.fired += len(rows)
         if last_seq:
@@ -90,6 +96,8 @@ class TimerScheduler:
         return len(rows)
 
     async def _fire(self, conn: asyncpg.Connection, kind: str, ref: str, now: datetime) -> int:
+        if kind == AUTO_DISPATCH:
+            return await self._auto_dispatch(conn, ref, now)
         if kind != store.ACK_TIMEOUT:
             raise NotFound("timer kind", kind)
         policy = self._service.live.policy
@@ -98,3 +106,20 @@ class TimerScheduler:
             conn, cmd.TimeoutAssignment(assignment_id=ref, replacement_unit_id=replacement), SYSTEM, now=now
         )
         return outcome.last_seq
+
+    async def _auto_dispatch(self, conn: asyncpg.Connection, incident_id: str, now: datetime) -> int:
+        """Dispatch the recommendation for an incident the alert rules marked for it; when nobody
+        can go, say so on the incident for the dispatcher who picks it up."""
+        service = self._service
+        if incident_id not in service.live.state.incidents:
+            raise RetryLater(incident_id)
+        rec = await service.recommend(incident_id, now=now)
+        picks = rec.new_picks
+        if picks:
+            command: cmd.Command = cmd.DispatchUnits(
+                incident_id=incident_id, units=tuple(cmd.UnitRequest(p.unit_id, p.capability) for p in picks))
+        else:
+            reasons = "; ".join(s.reason for s in rec.shortfalls) or "no units are needed"
+            command = cmd.AddNote(incident_id=incident_id, author="ICP auto-dispatch",
+                                  text=f"Automatic dispatch found no unit to send: {reasons}")
+        return (await service.run(conn, command, SYSTEM, now=now)).last_seq

@@ -81,18 +81,20 @@ async def create_token(
     name: str = "",
     expires_in: timedelta | None = None,
     now: datetime | None = None,
+    source: str | None = None,
 ) -> IssuedToken:
     parsed = _role(role)
     check_id(agency, "agency id")
     check_id(unit, "unit id")
+    check_id(source, "sensor network (source)")
     if len(name) > 200:
         raise CredentialError("token name must be at most 200 characters")
     secret = new_secret(TOKEN_PREFIX)
     expires_at = (now or datetime.now(UTC)) + expires_in if expires_in else None
     token_id = await conn.fetchval(
-        "INSERT INTO api_tokens (name, role, agency_id, unit_id, token_hash, expires_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        name, parsed.value, agency, unit, hash_secret(secret), expires_at,
+        "INSERT INTO api_tokens (name, role, agency_id, unit_id, token_hash, expires_at, source)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        name, parsed.value, agency, unit, hash_secret(secret), expires_at, source,
     )
     return IssuedToken(token_id, secret, expires_at)
 
@@ -107,14 +109,14 @@ async def principal_for_token(
         "UPDATE api_tokens SET last_used_at = now()"
         " WHERE token_hash = $1 AND revoked_at IS NULL"
         "   AND (expires_at IS NULL OR expires_at > $2)"
-        " RETURNING id, name, role, agency_id, unit_id",
+        " RETURNING id, name, role, agency_id, unit_id, source",
         hash_secret(secret), now or datetime.now(UTC),
     )
     if row is None:
         return None
     return Principal(
         kind="token", id=str(row["id"]), name=row["name"] or f"token {row['id']}",
-        role=Role(row["role"]), agency=row["agency_id"], unit=row["unit_id"],
+        role=Role(row["role"]), agency=row["agency_id"], unit=row["unit_id"], source=row["source"],
     )
 
 

@@ -45,6 +45,7 @@ class Principal:
     role: Role
     agency: str | None = None
     unit: str | None = None
+    source: str | None = None  # the sensor network a sensor key is bound to
 
     def has(self, role: Role) -> bool:
         return role in IMPLIES[self.role]
@@ -67,6 +68,8 @@ class Principal:
             out["agency"] = self.agency
         if self.unit:
             out["unit"] = self.unit
+        if self.source:
+            out["source"] = self.source
         return out
 
     def to_json(self) -> dict[str, Any]:
