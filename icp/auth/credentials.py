@@ -99,21 +99,26 @@ async def create_token(
     return IssuedToken(token_id, secret, expires_at)
 
 
+LAST_USED_RESOLUTION_S = 60  # last_used_at is kept to the minute: a write per request would
+# cost an fsync and serialise every client sharing a key on one row lock.
+
+
 async def principal_for_token(
     conn: asyncpg.Connection | asyncpg.Pool, secret: str, *, now: datetime | None = None
 ) -> Principal | None:
     """The principal behind a bearer token, or None if unknown, revoked or expired."""
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > MAX_SECRET_LENGTH:
         return None
+    now = now or datetime.now(UTC)
     row = await conn.fetchrow(
-        "UPDATE api_tokens SET last_used_at = now()"
-        " WHERE token_hash = $1 AND revoked_at IS NULL"
-        "   AND (expires_at IS NULL OR expires_at > $2)"
-        " RETURNING id, name, role, agency_id, unit_id, source",
-        hash_secret(secret), now or datetime.now(UTC),
+        "SELECT id, name, role, agency_id, unit_id, source, last_used_at FROM api_tokens"
+        " WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
+        hash_secret(secret), now,
     )
     if row is None:
         return None
+    if row["last_used_at"] is None or (now - row["last_used_at"]).total_seconds() > LAST_USED_RESOLUTION_S:
+        await conn.execute("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1", row["id"], now)
     return Principal(
         kind="token", id=str(row["id"]), name=row["name"] or f"token {row['id']}",
         role=Role(row["role"]), agency=row["agency_id"], unit=row["unit_id"], source=row["source"],
