@@ -14,6 +14,7 @@ from dispatch.recommendation import RecommendOptions
 from geo.geocoder import nominatim
 from icp import appkeys
 from icp.api import setup_routes
+from icp.auth.guard import TOKEN_CACHE, TokenCache
 from icp.config import Settings
 from icp.dispatch_service import DispatchService
 from icp.errors import problem_middleware
@@ -37,6 +38,8 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
     app[appkeys.WEBSOCKETS] = weakref.WeakSet()
+    if settings.token_cache_ttl_s > 0:
+        app[TOKEN_CACHE] = TokenCache(settings.token_cache_ttl_s)
     app.cleanup_ctx.extend([_database, _group_commit, _event_feed, _geography, _dispatch])
     app.on_shutdown.append(_close_websockets)
     setup_routes(app)

@@ -40,6 +40,7 @@ class Settings:
     shutdown_timeout_s: float = 10.0
     # Auth
     session_ttl_s: int = 12 * 3600
+    token_cache_ttl_s: float = 5.0  # a revoked bearer token stops working within this on every node
     cookie_secure: bool = False
     # Database pool
     pool_min: int = 2

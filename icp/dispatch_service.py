@@ -42,6 +42,8 @@ from icp.store.eventlog import NewEvent, RecordedEvent
 from icp.store.feed import EventFeed
 
 EVERYONE = eventlog.PUBLIC
+# Commands whose events change only the incident (never an assignment or a unit).
+INCIDENT_ONLY = (cmd.LinkAlert, cmd.AddNote, cmd.UpdateIncident, cmd.RaiseAlarmLevel)
 
 
 # -- who may see and do what ---------------------------------------------------------------------
@@ -104,7 +106,9 @@ class DispatchService:
         unit_ids = {v for v in (getattr(command, "unit_id", None), getattr(command, "replacement_unit_id", None)) if v}
         if isinstance(command, cmd.DispatchUnits):
             unit_ids.update(r.unit_id for r in command.units)
-        held = await store.lock(conn, incident_ids=incident_ids, unit_ids=unit_ids, assignment_ids=assignment_ids)
+        incident_only = isinstance(command, INCIDENT_ONLY)
+        held = await store.lock(conn, incident_ids=incident_ids, unit_ids=unit_ids, assignment_ids=assignment_ids,
+                                incident_only=incident_only)
         if isinstance(command, cmd.CreateIncident):
             held.incident_agencies[command.incident_id] = list(new_incident_agencies or [EVERYONE])
         if authorize:
@@ -122,7 +126,7 @@ class DispatchService:
                 if EVERYONE not in agencies[ev.incident_id] and unit_agency not in agencies[ev.incident_id]:
                     agencies[ev.incident_id] = [*agencies[ev.incident_id], unit_agency]
         await self._write(conn, state, after, agencies, events)
-        entries = [self._log_event(ev, after, agencies, who) for ev in events]
+        entries = [self.log_event(ev, after, agencies, who) for ev in events]
         if not log:
             return Outcome(events, [], entries, after, agencies)
         return Outcome(events, await eventlog.append(conn, entries), [], after, agencies)
@@ -173,7 +177,7 @@ class DispatchService:
                 await store.clear_timer(conn, store.ACK_TIMEOUT, ev.assignment_id)
 
     @staticmethod
-    def _log_event(ev: dev.Event, after: DispatchState, agencies: dict[str, list[str]], who: Principal) -> NewEvent:
+    def log_event(ev: dev.Event, after: DispatchState, agencies: dict[str, list[str]], who: Principal) -> NewEvent:
         data = {k: v for k, v in ev.to_dict().items() if k != "type"}
         if isinstance(ev, dev.IncidentEvent):
             visible = agencies.get(ev.incident_id, [EVERYONE])
@@ -195,12 +199,7 @@ class DispatchService:
         if not self.live.plans.for_type(incident_type):
             raise Problem(422, "validation_failed", f"unknown incident type {incident_type!r}; known: "
                           + ", ".join(self.live.plans.incident_types))
-        areas = self.geography.areas
-        home = sorted(set(areas.jurisdiction_of(location)))
-        agency_ids = sorted({*home, *([who.agency] if who.agency else [])}) or [EVERYONE]
-        if zone is None:
-            zones = [a.id for a in areas.containing(location, kind="zone")]
-            zone = next((z for z in zones if _slug_ok(z)), None)
+        agency_ids, zone = self.placement(location, who, zone)
         number = await store.next_incident_number(conn, now.year)
         command = cmd.CreateIncident(
             incident_id=str(number), number=number, incident_type=incident_type, priority=priority,
@@ -208,6 +207,17 @@ class DispatchService:
         )
         return await self.run(conn, command, who, now=now, new_incident_agencies=agency_ids, log=log,
                               authorize=authorize)
+
+    def placement(self, location: Point, who: Principal, zone: str | None = None) -> tuple[list[str], str | None]:
+        """Who a new incident at ``location`` belongs to (the jurisdictions holding it and the
+        creator's agency; everyone when none), and its zone (the first zone area holding it)."""
+        areas = self.geography.areas
+        home = set(areas.jurisdiction_of(location))
+        agency_ids = sorted({*home, *([who.agency] if who.agency else [])}) or [EVERYONE]
+        if zone is None:
+            zones = [a.id for a in areas.containing(location, kind="zone")]
+            zone = next((z for z in zones if _slug_ok(z)), None)
+        return agency_ids, zone
 
     def home_agencies(self, incident: Incident) -> list[str]:
         return sorted(set(self.geography.areas.jurisdiction_of(incident.location)))

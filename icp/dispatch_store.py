@@ -58,13 +58,26 @@ class Locked:
 
 async def lock(
     conn: asyncpg.Connection, *, incident_ids: Iterable[str] = (), unit_ids: Iterable[str] = (),
-    assignment_ids: Iterable[str] = (),
+    assignment_ids: Iterable[str] = (), incident_only: bool = False,
 ) -> Locked:
     """Lock and load the named aggregates and everything a decision about them reads: the
     incidents' assignments, those assignments' units, and each unit's current assignment with
     its incident. Found by a first unlocked read, then locked in a fixed order and re-read; if the
-    set grew meanwhile (someone assigned a unit), the closure is taken again."""
+    set grew meanwhile (someone assigned a unit), the closure is taken again.
+
+    ``incident_only``: the command changes nothing but the incident itself (a note, a linked
+    alert, a correction), so only its row is locked — one query instead of five."""
     incidents, units = set(incident_ids), set(unit_ids)
+    if not incidents and not units and not assignment_ids:
+        return Locked()
+    if incident_only:
+        held = Locked()
+        for row in await conn.fetch(
+            "SELECT id, agency_ids, doc FROM incidents WHERE id = ANY($1) ORDER BY id FOR UPDATE", sorted(incidents)
+        ):
+            held.incidents[row["id"]] = incident_from(row["doc"])
+            held.incident_agencies[row["id"]] = list(row["agency_ids"])
+        return held
     if assignment_ids:
         rows = await conn.fetch("SELECT incident_id, unit_id FROM assignments WHERE id = ANY($1)", list(assignment_ids))
         incidents.update(r["incident_id"] for r in rows)
@@ -112,16 +125,25 @@ async def _closure(conn: asyncpg.Connection, incidents: set[str], units: set[str
 
 # -- writing ---------------------------------------------------------------------------------
 
+def _incident_row(incident: Incident, agency_ids: Sequence[str]) -> tuple[Any, ...]:
+    return (incident.id, str(incident.number), incident.status.value, incident.incident_type, incident.priority,
+            sorted(set(agency_ids)), incident.location.lat, incident.location.lon, incident.created_at,
+            codec.encode_fields(incident), len(incident.alert_ids))
+
+
 async def save_incident(conn: asyncpg.Connection, incident: Incident, agency_ids: Sequence[str]) -> None:
-    await conn.execute(
-        "INSERT INTO incidents (id, number, status, incident_type, priority, agency_ids, lat, lon, created_at, doc)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    await save_incidents(conn, [(incident, agency_ids)])
+
+
+async def save_incidents(conn: asyncpg.Connection, items: Sequence[tuple[Incident, Sequence[str]]]) -> None:
+    """Upsert incidents (one pipelined round trip for many)."""
+    await conn.executemany(
+        "INSERT INTO incidents (id, number, status, incident_type, priority, agency_ids, lat, lon, created_at, doc,"
+        " alert_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, incident_type = EXCLUDED.incident_type,"
         " priority = EXCLUDED.priority, agency_ids = EXCLUDED.agency_ids, lat = EXCLUDED.lat, lon = EXCLUDED.lon,"
-        " doc = EXCLUDED.doc, updated_at = now()",
-        incident.id, str(incident.number), incident.status.value, incident.incident_type, incident.priority,
-        sorted(set(agency_ids)), incident.location.lat, incident.location.lon, incident.created_at,
-        codec.encode_fields(incident),
+        " doc = EXCLUDED.doc, alert_count = EXCLUDED.alert_count, updated_at = now()",
+        [_incident_row(incident, agencies) for incident, agencies in items],
     )
 
 

@@ -122,7 +122,7 @@ def empty_db_url(pg_cluster: EmbeddedCluster) -> Iterator[str]:
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(database_url=db_url, data_dir=tmp_path / "data", event_poll_interval_s=0.5,
-                    pool_min=1, pool_max=10)
+                    pool_min=1, pool_max=10, token_cache_ttl_s=0.3)
 
 
 @pytest.fixture

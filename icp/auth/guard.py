@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -14,6 +15,34 @@ from icp.auth.principal import Principal, Role
 from icp.errors import forbidden, unauthorized
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+TOKEN_CACHE_TTL_S = 5.0
+
+
+class TokenCache:
+    """Recently verified bearer tokens (by hash), so a busy sensor key costs no database read per
+    request. A revoked or expired token stops working within ``TOKEN_CACHE_TTL_S`` on each node;
+    failures are never cached. Bounded: when full, entries past their time are dropped first."""
+
+    def __init__(self, ttl_s: float = TOKEN_CACHE_TTL_S, max_entries: int = 10_000) -> None:
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[bytes, tuple[float, Principal]] = {}
+
+    def get(self, key: bytes) -> Principal | None:
+        hit = self._entries.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: bytes, who: Principal) -> None:
+        now = time.monotonic()
+        if len(self._entries) >= self.max_entries:
+            self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+        self._entries[key] = (now + self.ttl_s, who)
+
+
+TOKEN_CACHE = web.AppKey("token_cache", TokenCache)
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -31,9 +60,15 @@ async def authenticate(request: web.Request) -> Principal:
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise unauthorized("the Authorization header must be 'Bearer <token>'")
-        principal = await credentials.principal_for_token(pool, secret.strip())
+        cache = request.app.get(TOKEN_CACHE)
+        key = credentials.hash_secret(secret.strip())
+        principal = cache.get(key) if cache is not None else None
         if principal is None:
-            raise unauthorized("the bearer token is unknown, revoked or expired")
+            principal = await credentials.principal_for_token(pool, secret.strip())
+            if principal is None:
+                raise unauthorized("the bearer token is unknown, revoked or expired")
+            if cache is not None:
+                cache.put(key, principal)
     else:
         cookie = request.cookies.get(credentials.SESSION_COOKIE)
         if not cookie:

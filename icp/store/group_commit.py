@@ -43,6 +43,9 @@ class Staged(Generic[T]):
 
 
 Work = Callable[[asyncpg.Connection], Awaitable[Staged[T]]]
+# Work that handles many items at once (few statements for the lot): returns one Staged per item,
+# in order, or raises; then each item is retried alone so a bad one fails by itself.
+BatchWork = Callable[[asyncpg.Connection, list[Any]], Awaitable[list[Staged[Any]]]]
 
 
 @dataclass(slots=True)
@@ -50,6 +53,11 @@ class _Item:
     work: Work[Any] | None
     events: list[eventlog._Encoded]
     future: asyncio.Future[tuple[Any, list[RecordedEvent]]]
+    batch_work: BatchWork | None = None
+    payload: Any = None
+
+
+_Results = list[tuple[_Item, Any, list[eventlog._Encoded]]]
 
 
 @dataclass
@@ -103,6 +111,10 @@ class GroupCommitter:
         committed. Cancelling the caller does not withdraw work already queued."""
         return await self._enqueue(work, [])
 
+    async def submit_batched(self, work: BatchWork, payload: Any) -> tuple[Any, list[RecordedEvent]]:
+        """Like `submit`, but ``work`` receives every queued payload of the same work at once."""
+        return await self._enqueue(None, [], batch_work=work, payload=payload)
+
     async def append(self, event: NewEvent) -> RecordedEvent:
         """Append one event; return it once it is durable."""
         _, recorded = await self._enqueue(None, [eventlog.encode(event)])
@@ -114,7 +126,8 @@ class GroupCommitter:
         return recorded
 
     async def _enqueue(
-        self, work: Work[Any] | None, events: list[eventlog._Encoded]
+        self, work: Work[Any] | None, events: list[eventlog._Encoded], *, batch_work: BatchWork | None = None,
+        payload: Any = None,
     ) -> tuple[Any, list[RecordedEvent]]:
         if self._closing:
             raise Overloaded("the node is shutting down")
@@ -125,7 +138,7 @@ class GroupCommitter:
         future: asyncio.Future[tuple[Any, list[RecordedEvent]]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._queue.append(_Item(work, events, future))
+        self._queue.append(_Item(work, events, future, batch_work, payload))
         self._wake.set()
         # shield: a cancelled caller must not cancel the shared future other code relies on.
         return await asyncio.shield(future)
@@ -148,23 +161,47 @@ class GroupCommitter:
                     if not item.future.done():
                         item.future.set_exception(exc)
 
+    async def _one(self, conn: asyncpg.Connection, item: _Item, run: Work[Any], results: _Results) -> None:
+        try:
+            async with conn.transaction():  # a savepoint: this unit fails alone
+                staged = await run(conn)
+                encoded = [eventlog.encode(e) for e in staged.events]
+        except Exception as exc:
+            self.stats.failed_units += 1
+            item.future.set_exception(exc)
+            return
+        results.append((item, staged.result, encoded))
+
+    async def _many(self, conn: asyncpg.Connection, work: BatchWork, items: list[_Item], results: _Results) -> None:
+        try:
+            async with conn.transaction():
+                staged = await work(conn, [i.payload for i in items])
+                encoded = [[eventlog.encode(e) for e in s.events] for s in staged]
+        except Exception:
+            # Something in the lot failed: take them one by one, so only the culprit fails.
+            for item in items:
+
+                async def alone(c: asyncpg.Connection, payload: Any = item.payload) -> Staged[Any]:
+                    return (await work(c, [payload]))[0]
+
+                await self._one(conn, item, alone, results)
+            return
+        results.extend((item, s.result, evs) for item, s, evs in zip(items, staged, encoded, strict=True))
+
     async def _commit(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
-        results: list[tuple[_Item, Any, list[eventlog._Encoded]]] = []
+        results: _Results = []
         async with self._pool.acquire() as conn, conn.transaction():
+            groups: dict[BatchWork, list[_Item]] = {}
             for item in batch:
-                if item.work is None:
+                if item.batch_work is not None:
+                    groups.setdefault(item.batch_work, []).append(item)
+                elif item.work is None:
                     results.append((item, None, item.events))
-                    continue
-                try:
-                    async with conn.transaction():  # a savepoint: this unit fails alone
-                        staged = await item.work(conn)
-                        encoded = [eventlog.encode(e) for e in staged.events]
-                except Exception as exc:
-                    self.stats.failed_units += 1
-                    item.future.set_exception(exc)
-                    continue
-                results.append((item, staged.result, encoded))
+                else:
+                    await self._one(conn, item, item.work, results)
+            for work, items in groups.items():
+                await self._many(conn, work, items, results)
             recorded = await eventlog.append(conn, [e for _, _, evs in results for e in evs])
         # Committed: hand each caller its own slice of the recorded events.
         position = 0

@@ -94,3 +94,17 @@ def test_codec_round_trips_nested_commands():
 def test_codec_encodes_sets_sorted():
     u = Unit("e1", "E1", "hf", {"RESCUE", "ENGINE", "ALS"})
     assert encode(u)["capabilities"] == ["ALS", "ENGINE", "RESCUE"]
+
+
+@pytest.mark.parametrize("ids", [("a b",), ("",), ("a", "/x"), ("ok", "x\x00y"), ("a" * 129,), ("-lead",)])
+def test_id_lists_refuse_any_bad_member(ids: tuple[str, ...]) -> None:
+    from dispatch import _checks
+
+    with pytest.raises(Invalid):
+        _checks.idents(ids, "alert_ids")
+
+
+def test_id_lists_accept_good_members() -> None:
+    from dispatch import _checks
+
+    assert _checks.idents(("a", "b-1", "c:2", "A" * 128), "alert_ids") == ("a", "b-1", "c:2", "A" * 128)

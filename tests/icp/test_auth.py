@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import asyncpg
@@ -51,7 +52,8 @@ async def test_expired_token_is_401(client: TestClient, db_url: str) -> None:
     assert "expired" in body["detail"]
 
 
-async def test_revoked_token_is_401(client: TestClient, db_url: str) -> None:
+async def test_revoked_token_is_401_within_the_cache_time(client: TestClient, db_url: str,
+                                                          settings) -> None:  # type: ignore[no-untyped-def]
     conn = await asyncpg.connect(db_url)
     try:
         issued = await credentials.create_token(conn, "admin")
@@ -59,6 +61,7 @@ async def test_revoked_token_is_401(client: TestClient, db_url: str) -> None:
         assert await credentials.revoke_token(conn, issued.id)
     finally:
         await conn.close()
+    await asyncio.sleep(settings.token_cache_ttl_s + 0.05)
     await problem(await client.get("/api/v1/events", headers=bearer(issued.secret)), 401)
 
 

@@ -350,3 +350,28 @@ def test_envelope_is_the_canonical_json_of_the_whole_event() -> None:
         "visibility": ["fire", "police"], "actor": actor, "data": data,
     })
     assert envelope == whole.encode("utf-8")
+
+
+async def test_batched_work_shares_statements_and_a_bad_item_fails_alone(pool: asyncpg.Pool,
+                                                                        conn: asyncpg.Connection) -> None:
+    committer = GroupCommitter(pool)
+    committer.start()
+    calls: list[int] = []
+
+    async def insert_all(c: asyncpg.Connection, values: list[int]) -> list[Staged[int]]:
+        calls.append(len(values))
+        await c.execute("CREATE TABLE IF NOT EXISTS gc_many (v int CHECK (v >= 0))")
+        await c.executemany("INSERT INTO gc_many VALUES ($1)", [(v,) for v in values])
+        return [Staged(v * 10, [NewEvent("test.many", "s", {"v": v})]) for v in values]
+
+    try:
+        await committer.submit_batched(insert_all, 0)  # creates the table
+        results = await asyncio.gather(*(committer.submit_batched(insert_all, v) for v in (1, 2, -3, 4)),
+                                       return_exceptions=True)
+    finally:
+        await committer.stop()
+    assert [r[0] if isinstance(r, tuple) else "failed" for r in results] == [10, 20, "failed", 40]
+    assert isinstance(results[2], asyncpg.CheckViolationError)
+    assert calls[1] == 4  # the four were offered together first…
+    assert sorted(await conn.fetchval("SELECT array_agg(v) FROM gc_many")) == [0, 1, 2, 4]  # …then one by one
+    assert sorted(e.data["v"] for e in await eventlog.read_after(conn, 0)) == [0, 1, 2, 4]
