@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument("--batch-clients", type=int, default=8, help="batches of 500 in flight at once")
     args = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="icp-bench-intake-"))
@@ -185,7 +186,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         with mp.get_context("spawn").Pool(args.workers) as pool:
             single = load(pool, base, token, "single", args.seconds, args.clients, args.workers)
-            batch = load(pool, base, token, "batch", args.seconds, max(2, args.workers * 2), args.workers)
+            batch = load(pool, base, token, "batch", args.seconds, args.batch_clients, args.workers)
             caps = load(pool, base, cap_token, "cap", args.seconds, args.clients, args.workers)
             parts = pool.map(_worker, [(base, token, "latency", args.seconds, 0, 7 + w, 1000.0 / args.workers)
                                        for w in range(args.workers)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from typing import Any
 
 import asyncpg
@@ -17,7 +18,7 @@ from icp.api.writes import point_field, reject_unknown
 from icp.auth.guard import principal, require
 from icp.auth.principal import Principal, Role
 from icp.dispatch_service import sees_incident
-from icp.errors import FieldError, Problem, forbidden, not_found, validation
+from icp.errors import FieldError, Problem, forbidden, not_found, to_problem, validation
 from icp.httpapi import json_response, operation, read_json_object
 from icp.intake.cap import parse_cap
 from icp.intake.native import MAX_BATCH_BYTES, parse_native, parse_native_batch
@@ -121,24 +122,29 @@ async def post_batch(request: web.Request) -> web.Response:
     items = parse_native_batch(raw, config)
     _limit(request, len(items))
     who = principal(request)
-    service = request.app[appkeys.INTAKE]
-
-    async def one(item: AlertReport | IntakeError) -> dict[str, Any]:
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    accepted: list[tuple[int, AlertReport]] = []
+    for n, item in enumerate(items):
         if isinstance(item, IntakeError):
-            return {"error": {"code": item.code, "message": str(item), "errors": item.errors()}}
-        if who.source is not None and item.source != who.source:
-            return {"error": {"code": "forbidden", "message": f"this key posts for {who.source!r} only"}}
-        # The item's own JSON is its raw payload (the batch as a whole is not kept per alert).
-        return (await service.accept(item, _item_raw(item), "application/json", who)).to_json()
-
-    results = await asyncio.gather(*(one(i) for i in items))
-    ok = any("error" not in r for r in results)
+            results[n] = {"error": {"code": item.code, "message": str(item), "errors": item.errors()}}
+        elif who.source is not None and item.source != who.source:
+            results[n] = {"error": {"code": "forbidden", "message": f"this key posts for {who.source!r} only"}}
+        else:
+            accepted.append((n, item))
+    # Each item's own JSON is its raw payload (the batch as a whole is not kept per alert).
+    outcomes = await request.app[appkeys.INTAKE].accept_all(
+        [(item, _item_raw(item), "application/json") for _, item in accepted], who)
+    for (n, _), outcome in zip(accepted, outcomes, strict=True):
+        if isinstance(outcome, BaseException):  # this one failed; the others stand
+            failed = to_problem(outcome)
+            results[n] = {"error": {"code": failed.code, "message": failed.detail}}
+        else:
+            results[n] = outcome.to_json()
+    ok = any(r is not None and "error" not in r for r in results)
     return json_response({"results": results}, status=202 if ok else 422)
 
 
 def _item_raw(item: AlertReport) -> bytes:
-    import json
-
     return json.dumps(item.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
 
 

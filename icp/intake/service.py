@@ -88,6 +88,12 @@ class IntakeService:
         result, _ = await self.committer.submit_batched(self._record_many, _Submission(report, raw, content_type, who))
         return result  # type: ignore[no-any-return]
 
+    async def accept_all(self, items: list[tuple[AlertReport, bytes, str]], who: Principal) -> list[Any]:
+        """Record many alerts in one go (they share a transaction): an outcome or an exception each."""
+        subs = [_Submission(report, raw, content_type, who) for report, raw, content_type in items]
+        results = await self.committer.submit_batched_all(self._record_many, subs)
+        return [r[0] if isinstance(r, tuple) else r for r in results]
+
     # -- a batch of alerts, inside the shared transaction --------------------------------------------
     async def _record_many(self, conn: asyncpg.Connection, subs: list[_Submission]) -> list[Staged[AlertOutcome]]:
         """Claim every alert with one statement, route them in order (correlation in memory,

@@ -115,6 +115,19 @@ class GroupCommitter:
         """Like `submit`, but ``work`` receives every queued payload of the same work at once."""
         return await self._enqueue(None, [], batch_work=work, payload=payload)
 
+    async def submit_batched_all(self, work: BatchWork, payloads: Sequence[Any]) -> list[Any]:
+        """Queue many payloads at once (so they share one transaction); one result or exception
+        per payload, in order."""
+        self._check_open(len(payloads))
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[tuple[Any, list[RecordedEvent]]]] = []
+        for payload in payloads:
+            future: asyncio.Future[tuple[Any, list[RecordedEvent]]] = loop.create_future()
+            self._queue.append(_Item(None, [], future, work, payload))
+            futures.append(future)
+        self._wake.set()
+        return await asyncio.shield(asyncio.gather(*futures, return_exceptions=True))
+
     async def append(self, event: NewEvent) -> RecordedEvent:
         """Append one event; return it once it is durable."""
         _, recorded = await self._enqueue(None, [eventlog.encode(event)])
@@ -125,16 +138,19 @@ class GroupCommitter:
         _, recorded = await self._enqueue(None, [eventlog.encode(e) for e in events])
         return recorded
 
-    async def _enqueue(
-        self, work: Work[Any] | None, events: list[eventlog._Encoded], *, batch_work: BatchWork | None = None,
-        payload: Any = None,
-    ) -> tuple[Any, list[RecordedEvent]]:
+    def _check_open(self, adding: int) -> None:
         if self._closing:
             raise Overloaded("the node is shutting down")
         if self._task is None:
             raise RuntimeError("GroupCommitter.start() was not called")
-        if len(self._queue) >= self._max_queue:
+        if len(self._queue) + adding > self._max_queue:
             raise Overloaded(f"{len(self._queue)} writes are waiting to commit")
+
+    async def _enqueue(
+        self, work: Work[Any] | None, events: list[eventlog._Encoded], *, batch_work: BatchWork | None = None,
+        payload: Any = None,
+    ) -> tuple[Any, list[RecordedEvent]]:
+        self._check_open(1)
         future: asyncio.Future[tuple[Any, list[RecordedEvent]]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -151,6 +167,9 @@ class GroupCommitter:
                     return
                 self._wake.clear()
                 await self._wake.wait()
+                # Let every task made runnable with this one queue its work too: concurrent
+                # callers then share the transaction instead of trickling into the next ones.
+                await asyncio.sleep(0)
                 continue
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             try:
