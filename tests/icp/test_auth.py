@@ -179,3 +179,23 @@ async def test_cookie_sessions_refuse_cross_origin_writes(guarded_client: TestCl
     assert "cross-origin" in body["detail"]
     # Without an Origin header (same-site form posts are stopped by SameSite=Strict) it passes.
     assert (await guarded_client.post("/test/dispatch")).status == 200
+
+
+async def test_administrators_issue_tokens_over_http(client: TestClient, make_token, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    admin = await make_token("admin")
+    response = await client.post("/api/v1/tokens", headers=bearer(admin),
+                                 json={"role": "unit", "agency": "hki-fire", "unit": "E1", "name": "sim E1"})
+    assert response.status == 201, await response.text()
+    issued = await response.json()
+    me = await (await client.get("/api/v1/session", headers=bearer(issued["token"]))).json()
+    assert (me["role"], me["agency"], me["unit"]) == ("unit", "hki-fire", "E1")
+    body = await problem(await client.post("/api/v1/tokens", headers=bearer(admin), json={"role": "king"}), 422)
+    assert "unknown role" in body["detail"] or "unknown role" in body["errors"][0]["message"]
+    dispatcher = await make_token("dispatcher")
+    await problem(await client.post("/api/v1/tokens", headers=bearer(dispatcher), json={"role": "admin"}), 403)
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert issued["token"].encode() not in b"".join(bytes(r["token_hash"]) for r in await conn.fetch(
+            "SELECT token_hash FROM api_tokens"))
+    finally:
+        await conn.close()
