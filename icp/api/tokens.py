@@ -17,9 +17,12 @@ TOKEN_REQUEST = {"type": "object", "required": ["role"], "properties": {
     "source": {"type": "string"}, "name": {"type": "string"}, "expires_in": {"type": "string"}}}
 
 
+ISSUED = {"type": "object", "properties": {"id": {"type": "integer"}, "token": {"type": "string"},
+                                           "expires_at": {"type": ["string", "null"]}}}
+
+
 @operation("Issue a bearer token (administrators); the secret is in this answer only", tags=("auth",),
-           request=TOKEN_REQUEST, responses={201: {"description": "the token", "schema": {"type": "object", "properties": {
-               "id": {"type": "integer"}, "token": {"type": "string"}, "expires_at": {"type": ["string", "null"]}}}}})
+           request=TOKEN_REQUEST, responses={201: {"description": "the token", "schema": ISSUED}})
 @require(Role.ADMIN)
 async def create_token(request: web.Request) -> web.Response:
     body = await read_json_object(request, max_bytes=4096)
