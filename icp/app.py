@@ -18,6 +18,7 @@ from icp.auth.guard import TOKEN_CACHE, TokenCache
 from icp.config import Settings
 from icp.dispatch_service import DispatchService
 from icp.errors import problem_middleware
+from icp.gateway.positions import PositionHub
 from icp.geography import Geography
 from icp.intake.service import IntakeService
 from icp.live import LivePicture
@@ -122,11 +123,14 @@ async def _dispatch(app: web.Application) -> AsyncIterator[None]:
     scheduler = TimerScheduler(pool, service, feed, interval_s=settings.timer_interval_s)
     app[appkeys.LIVE], app[appkeys.DISPATCH], app[appkeys.SCHEDULER] = live, service, scheduler
     app[appkeys.INTAKE] = IntakeService(app[appkeys.COMMITTER], service)
+    app[appkeys.POSITIONS] = positions = PositionHub(pool, live)
+    await positions.start()
     scheduler.start()
     try:
         yield
     finally:
         await scheduler.stop()
+        await positions.stop()
         unsubscribe()
 
 

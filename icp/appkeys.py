@@ -12,6 +12,7 @@ from icp.config import Settings
 
 if TYPE_CHECKING:
     from icp.dispatch_service import DispatchService
+    from icp.gateway.positions import PositionHub
     from icp.geography import Geography
     from icp.intake.service import IntakeService
     from icp.live import LivePicture
@@ -32,3 +33,4 @@ LIVE: web.AppKey[LivePicture] = web.AppKey("live")
 DISPATCH: web.AppKey[DispatchService] = web.AppKey("dispatch")
 SCHEDULER: web.AppKey[TimerScheduler] = web.AppKey("scheduler")
 INTAKE: web.AppKey[IntakeService] = web.AppKey("intake")
+POSITIONS: web.AppKey[PositionHub] = web.AppKey("positions")

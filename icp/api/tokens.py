@@ -26,7 +26,7 @@ ISSUED = {"type": "object", "properties": {"id": {"type": "integer"}, "token": {
 @require(Role.ADMIN)
 async def create_token(request: web.Request) -> web.Response:
     body = await read_json_object(request, max_bytes=4096)
-    unknown = sorted(set(body) - set(TOKEN_REQUEST["properties"]))  # type: ignore[arg-type]
+    unknown = sorted(set(body) - set(TOKEN_REQUEST["properties"]))
     if unknown:
         raise validation([FieldError(name, "unknown field") for name in unknown])
     fields = {k: body.get(k) for k in ("agency", "unit", "source")}
@@ -36,7 +36,7 @@ async def create_token(request: web.Request) -> web.Response:
         expires_in = credentials.parse_duration(body["expires_in"]) if body.get("expires_in") else None
         issued = await credentials.create_token(
             request.app[appkeys.POOL], body["role"], name=str(body.get("name") or ""), expires_in=expires_in,
-            **fields,  # type: ignore[arg-type]
+            **fields,
         )
     except credentials.CredentialError as exc:
         raise validation([FieldError("role", str(exc))]) from None

@@ -1,0 +1,175 @@
+"""Unit positions (AVL) on a node: filtered, applied to the live picture, written in batches,
+shared with the other nodes and fanned out to consoles.
+
+Positions are a stream, not log events: each accepted report updates the live picture at once
+(recommendations use it), is buffered and written every ``flush_interval_s`` with two pipelined
+statements (the history row and the unit's last position), and is handed to this node's
+subscribers. Other nodes pick it up by reading the history table after the last id they saw, so
+a console on node B sees a unit connected to node A.
+
+Filtering, per unit: reports older than the last accepted one are ignored; more than one per
+``min_interval_s`` is dropped (rate); a jump implying more than ``max_speed_mps`` is refused
+(GPS glitch); a time too far in the future is refused (a clock is wrong).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from geo.coords import Point, geodesic_m
+from icp.live import LivePicture
+
+log = logging.getLogger(__name__)
+Subscriber = Callable[[list[dict[str, Any]]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    unit_id: str
+    at: datetime
+    lat: float
+    lon: float
+    accuracy: float | None = None
+    heading: float | None = None
+    speed: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"unit": self.unit_id, "lat": self.lat, "lon": self.lon, "time": self.at.isoformat()}
+        for name in ("accuracy", "heading", "speed"):
+            if (value := getattr(self, name)) is not None:
+                out[name] = value
+        return out
+
+
+class PositionHub:
+    def __init__(self, pool: asyncpg.Pool, live: LivePicture, *, flush_interval_s: float = 0.25,
+                 min_interval_s: float = 0.5, max_speed_mps: float = 90.0, max_future_s: float = 30.0,
+                 max_buffer: int = 100_000) -> None:
+        self._pool = pool
+        self._live = live
+        self.node = uuid.uuid4().hex[:12]
+        self.flush_interval_s = flush_interval_s
+        self.min_interval_s = min_interval_s
+        self.max_speed_mps = max_speed_mps
+        self.max_future_s = max_future_s
+        self.max_buffer = max_buffer
+        self._last: dict[str, Fix] = {}
+        self._pending: list[Fix] = []
+        self._subscribers: list[Subscriber] = []
+        self._seen_id = 0
+        self._task: asyncio.Task[None] | None = None
+        self.accepted = self.refused = 0
+
+    # -- taking reports --------------------------------------------------------------------------
+    def report(self, fix: Fix, now: datetime | None = None) -> tuple[bool, str]:
+        """Accept or refuse one report (``(accepted, reason)``); never blocks."""
+        now = now or datetime.now(UTC)
+        if fix.at - now > timedelta(seconds=self.max_future_s):
+            return self._no("the time is in the future (check the device clock)")
+        last = self._last.get(fix.unit_id) or self._from_picture(fix.unit_id)
+        if last is not None:
+            elapsed = (fix.at - last.at).total_seconds()
+            if elapsed <= 0:
+                return self._no("older than the last accepted position")
+            if elapsed < self.min_interval_s:
+                return self._no("more often than allowed")
+            moved = geodesic_m(Point(last.lat, last.lon), Point(fix.lat, fix.lon))
+            if moved / elapsed > self.max_speed_mps:
+                return self._no(f"an impossible jump ({moved:.0f} m in {elapsed:.1f} s)")
+        if len(self._pending) >= self.max_buffer:
+            return self._no("the position buffer is full; try again shortly")
+        self._accept(fix)
+        self._pending.append(fix)
+        self.accepted += 1
+        return True, "accepted"
+
+    def _no(self, reason: str) -> tuple[bool, str]:
+        self.refused += 1
+        return False, reason
+
+    def _from_picture(self, unit_id: str) -> Fix | None:
+        unit = self._live.state.units.get(unit_id)
+        if unit is None or unit.position is None or unit.position_at is None:
+            return None
+        return Fix(unit_id, unit.position_at, unit.position.lat, unit.position.lon)
+
+    def _accept(self, fix: Fix) -> None:
+        self._last[fix.unit_id] = fix
+        if fix.unit_id in self._live.state.units:
+            self._live.state = self._live.state.with_unit_position(fix.unit_id, Point(fix.lat, fix.lon), fix.at)
+        batch = [fix.to_wire()]
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(batch)
+            except Exception:
+                log.exception("position subscriber failed")
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    # -- writing and sharing ----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._seen_id = int(await self._pool.fetchval("SELECT coalesce(max(id), 0) FROM unit_positions"))
+        self._task = asyncio.create_task(self._loop(), name="icp-positions")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self.flush()  # nothing accepted is dropped on a clean stop
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            try:
+                await self.flush()
+                await self._follow_others()
+            except Exception as exc:  # the database may be away: keep the buffer, try again
+                log.debug("position flush failed: %s", exc)
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        latest: dict[str, Fix] = {}
+        for fix in pending:
+            latest[fix.unit_id] = fix
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.executemany(
+                    "INSERT INTO unit_positions (unit_id, at, lat, lon, accuracy, heading, speed, node)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    [(f.unit_id, f.at, f.lat, f.lon, f.accuracy, f.heading, f.speed, self.node) for f in pending])
+                await conn.executemany(
+                    "UPDATE units SET doc = doc || jsonb_build_object('position', jsonb_build_object('lat', $2::float8,"
+                    " 'lon', $3::float8), 'position_at', $4::text) WHERE id = $1"
+                    " AND (doc->>'position_at' IS NULL OR (doc->>'position_at')::timestamptz < $5)",
+                    [(f.unit_id, f.lat, f.lon, f.at.isoformat(), f.at) for f in sorted(latest.values(),
+                                                                                   key=lambda f: f.unit_id)])
+        except BaseException:
+            self._pending = pending + self._pending  # keep them for the next round
+            raise
+
+    async def _follow_others(self) -> None:
+        rows = await self._pool.fetch(
+            "SELECT id, unit_id, at, lat, lon, accuracy, heading, speed FROM unit_positions"
+            " WHERE id > $1 AND node <> $2 ORDER BY id LIMIT 5000", self._seen_id, self.node)
+        for row in rows:
+            fix = Fix(row["unit_id"], row["at"], row["lat"], row["lon"], row["accuracy"], row["heading"], row["speed"])
+            last = self._last.get(fix.unit_id)
+            if last is None or fix.at > last.at:
+                self._accept(fix)
+        if rows:
+            self._seen_id = rows[-1]["id"]
