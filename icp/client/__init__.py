@@ -1,0 +1,34 @@
+"""The Python client SDK for ICP's WebSocket gateway: field units and console scripts."""
+
+from icp.client.connection import (
+    Backoff,
+    Connection,
+    ConnectionOptions,
+    Event,
+    Item,
+    Resync,
+    http_url,
+    websocket_url,
+)
+from icp.client.console import ConsoleClient
+from icp.client.errors import ClientClosed, ClientError, OpError, OpTimeout, QueueFull, Unauthorized
+from icp.client.field_unit import FieldUnitClient
+
+__all__ = [
+    "Backoff",
+    "ClientClosed",
+    "ClientError",
+    "Connection",
+    "ConnectionOptions",
+    "ConsoleClient",
+    "Event",
+    "FieldUnitClient",
+    "Item",
+    "OpError",
+    "OpTimeout",
+    "QueueFull",
+    "Resync",
+    "Unauthorized",
+    "http_url",
+    "websocket_url",
+]

@@ -1,0 +1,525 @@
+"""A resumable WebSocket link to ICP: events after the last seq, at-most-once operations, an offline queue.
+
+One background task owns the socket. It connects, says ``hello`` with ``resume_from`` = the last seq
+it delivered, re-sends every unanswered operation with its original id (the server answers a repeat
+and never applies it twice), then reads frames until the link drops, and starts over after a capped,
+jittered backoff. Only an authentication failure (close code 4401, HTTP 401/403) ends it for good.
+
+Every buffer is bounded. Events wait for the consumer in a buffer of ``max_events``; when it is full
+the reader keeps reading (so answers and pings still flow) but drops further events without moving
+``last_seq``, and once the consumer has drained half of it the client relinks and resumes from
+there, so a slow consumer costs a replay, never an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from icp.client.errors import ClientClosed, ClientError, OpError, OpTimeout, QueueFull, Unauthorized
+
+log = logging.getLogger("icp.client")
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_SLOW = 4008
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_HEARTBEAT_LOST = 4408
+
+DEFAULT_TIMEOUT_S = 30.0
+MAX_PENDING = 10_000  # unanswered operations, queued or in flight
+MAX_EVENTS = 1_000  # events (and resyncs) waiting for the consumer
+MAX_POSITIONS = 64  # position batches waiting for the consumer; the oldest is dropped first
+MAX_FRAME = 1 << 20  # largest frame accepted from the server
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the server's event log, as delivered over ``/ws``."""
+
+    seq: int
+    type: str
+    subject: str
+    at: str
+    actor: Mapping[str, Any]
+    data: Mapping[str, Any]
+
+    @classmethod
+    def from_frame(cls, frame: Mapping[str, Any]) -> Event:
+        return cls(seq=frame["seq"], type=str(frame.get("type", "")), subject=str(frame.get("subject", "")),
+                   at=str(frame.get("at", "")), actor=frame.get("actor") or {}, data=frame.get("data") or {})
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The server could not replay the gap (it is too old): refetch state over REST; the stream
+    continues with the events after ``seq``."""
+
+    reason: str
+    seq: int
+
+
+Item = Event | Resync
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Reconnect delays: ``initial`` doubling up to ``maximum``, each drawn from [½·d, d] so a fleet
+    that lost the server at once does not come back in lockstep."""
+
+    initial: float = 0.2
+    maximum: float = 10.0
+    factor: float = 2.0
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        ceiling = min(self.maximum, self.initial * self.factor ** min(failures, 64))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+def websocket_url(url: str) -> str:
+    """The ``/ws`` URL of a server given by its HTTP(S) base or its WebSocket URL."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"not an http(s) or ws(s) URL: {url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/ws"):
+        path += "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def http_url(url: str) -> str:
+    """The HTTP(S) base of a server given by either URL (the inverse of `websocket_url`)."""
+    parts = urlsplit(url)
+    scheme = {"http": "http", "https": "https", "ws": "http", "wss": "https"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"not an http(s) or ws(s) URL: {url!r}")
+    path = parts.path.rstrip("/")
+    path = path.removesuffix("/ws")
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+T = TypeVar("T")
+
+
+class _Inbox(Generic[T]):
+    """A bounded buffer from the reader to one consumer. ``drop_oldest`` suits snapshots (positions),
+    where the newest replaces what nobody read; otherwise `offer` refuses when full."""
+
+    def __init__(self, limit: int, *, drop_oldest: bool = False) -> None:
+        self.limit = limit
+        self._drop_oldest = drop_oldest
+        self._items: deque[T] = deque()
+        self._wake = asyncio.Event()
+        self._end: BaseException | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def offer(self, item: T) -> bool:
+        if len(self._items) >= self.limit:
+            if not self._drop_oldest:
+                return False
+            self._items.popleft()
+        self._items.append(item)
+        self._wake.set()
+        return True
+
+    def end(self, error: BaseException) -> None:
+        if self._end is None:
+            self._end = error
+        self._wake.set()
+
+    async def take(self) -> T:
+        # What was buffered before the end is still handed out.
+        while not self._items:
+            if self._end is not None:
+                raise self._end
+            self._wake.clear()
+            await self._wake.wait()
+        return self._items.popleft()
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    op: str
+    id: str
+    fields: dict[str, Any]
+    text: str
+    future: asyncio.Future[dict[str, Any]]
+    sticky: bool
+    link: int = 0  # the link it was last sent on; 0: never sent
+
+
+@dataclass(slots=True)
+class _LinkEnd:
+    welcomed: bool = False
+    code: int | None = None
+    relink: bool = False  # we closed it ourselves to catch up: come back at once
+
+
+class _Unset:
+    pass
+
+
+_UNSET = _Unset()
+
+
+@dataclass
+class ConnectionOptions:
+    """Tuning for a `Connection`; the defaults suit a field unit on a mobile link."""
+
+    resume_from: int | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    request_timeout: float | None = DEFAULT_TIMEOUT_S
+    max_pending: int = MAX_PENDING
+    max_events: int = MAX_EVENTS
+    max_positions: int = MAX_POSITIONS
+    max_frame: int = MAX_FRAME
+    open_timeout: float = 10.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    proxy: str | Literal[True] | None = True  # True: the websockets default (proxy from the environment)
+
+
+class Connection:
+    """The resumable link. Use as ``async with Connection(url, token) as conn:``; it connects in the
+    background, so operations issued before the first link is up are queued, not refused."""
+
+    def __init__(self, url: str, token: str, options: ConnectionOptions | None = None, **overrides: Any) -> None:
+        if options is not None and overrides:
+            raise TypeError("pass options or keyword overrides, not both")
+        self.url = websocket_url(url)
+        self.options = opts = ConnectionOptions(**overrides) if options is None else options
+        self._token = token
+        self.last_seq: int | None = opts.resume_from  # the last seq handed to the event buffer
+        self.session: str | None = None
+        self.welcome: dict[str, Any] = {}  # the last welcome frame, as the server sent it
+        self.reconnects = 0  # links that reached welcome after the first
+        self._pending: dict[str, _Pending] = {}  # insertion order is send order
+        self._sticky: dict[str, dict[str, Any]] = {}  # ops repeated on every new link (subscriptions)
+        self._events: _Inbox[Item] = _Inbox(opts.max_events)
+        self._positions: _Inbox[list[dict[str, Any]]] = _Inbox(opts.max_positions, drop_oldest=True)
+        self._overflowed = False
+        self._ws: ClientConnection | None = None
+        self._link = 0  # counts links that reached welcome; an op remembers the last it was sent on
+        self._ready = False  # the queue has gone out on this link: new operations are sent directly
+        self._relinking = False
+        self._send_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+        self._rng = random.Random()
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background link (idempotent)."""
+        if self._fatal is not None:
+            raise self._fatal
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"icp-client {self.url}")
+
+    async def close(self) -> None:
+        """Close the link; waiting operations fail with `ClientClosed`, iterators end."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for side in list(self._side_tasks):
+            side.cancel()
+        self._finish(ClientClosed("the client was closed"))
+
+    async def __aenter__(self) -> Connection:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        """A link is up and has been welcomed."""
+        return self._ws is not None and self.session is not None
+
+    @property
+    def pending(self) -> int:
+        """Operations waiting for an answer (queued offline or in flight)."""
+        return len(self._pending)
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until a link is welcomed; raises `Unauthorized` (or `ClientClosed`) instead if it never will be."""
+        async with asyncio.timeout(timeout):
+            while not self.connected:
+                if self._fatal is not None:
+                    raise self._fatal
+                self._changed.clear()
+                await self._changed.wait()
+
+    def abort_link(self) -> None:
+        """Drop the current link as a network failure would (no close handshake); the client
+        reconnects and resumes. For tests and chaos drills."""
+        if self._ws is not None:
+            self._ws.transport.abort()
+
+    # -- what the caller reads -------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Item]:
+        """Events in seq order, each exactly once, across reconnects; a `Resync` where the server
+        could not replay a gap. Ends when the client is closed; raises `Unauthorized` if the token is
+        refused. One consumer at a time."""
+        while True:
+            try:
+                item = await self._events.take()
+            except ClientClosed:
+                return
+            if self._overflowed and len(self._events) <= self._events.limit // 2:
+                self._catch_up()
+            yield item
+
+    async def positions(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """Batches of unit positions (``positions`` frames) for subscribers of the ``positions`` topic.
+        Not resumable: when the consumer lags, the oldest batches are dropped."""
+        while True:
+            try:
+                yield await self._positions.take()
+            except ClientClosed:
+                return
+
+    # -- operations ------------------------------------------------------------------------------
+
+    async def request(self, op: str, /, *, op_id: str | None = None, timeout: float | _Unset | None = _UNSET,
+                      sticky: bool = False, **fields: Any) -> dict[str, Any]:
+        """Send an operation and return the fields of its ``ok`` answer; raise `OpError` on ``error``.
+
+        Offline, the operation waits in the queue and goes out after reconnect, in order, under the
+        same id. ``timeout`` (default ``options.request_timeout``; None: wait for ever) withdraws it
+        and raises `OpTimeout`. ``sticky`` operations (subscriptions) are repeated on every new link
+        once they succeeded.
+        """
+        if self._fatal is not None:
+            raise self._fatal
+        if len(self._pending) >= self.options.max_pending:
+            raise QueueFull(f"{len(self._pending)} operations are already waiting for an answer")
+        op_id = op_id or uuid.uuid4().hex
+        if op_id in self._pending:
+            raise ValueError(f"operation {op_id} is already waiting for its answer")
+        frame = {"op": op, "id": op_id, **fields}
+        pending = _Pending(op, op_id, fields, json.dumps(frame, separators=(",", ":")),
+                           asyncio.get_running_loop().create_future(), sticky)
+        self._pending[op_id] = pending
+        limit = self.options.request_timeout if isinstance(timeout, _Unset) else timeout
+        try:
+            async with asyncio.timeout(limit):
+                ws = self._ws
+                if self._ready and ws is not None:
+                    pending.link = self._link
+                    await self._send(ws, pending.text)
+                return await pending.future
+        except TimeoutError:
+            if pending.future.done() and not pending.future.cancelled():
+                return pending.future.result()  # the answer won the race against the deadline
+            raise OpTimeout(op, op_id, sent=pending.link != 0) from None
+        finally:
+            if self._pending.get(op_id) is pending:
+                del self._pending[op_id]
+
+    # -- the link --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        try:
+            while True:
+                end = await self._link_once()
+                if end.relink:
+                    continue
+                if end.code == CLOSE_UNAUTHORIZED:
+                    raise Unauthorized("the server refused the token (4401)")
+                if end.welcomed:
+                    failures = 0
+                # A policy close means this client misbehaved: come back, but not soon.
+                failures = 64 if end.code == CLOSE_POLICY else failures
+                delay = self.options.backoff.delay(failures, self._rng)
+                failures += 1
+                log.info("link to %s lost (code %s); reconnecting in %.2f s", self.url, end.code, delay)
+                await asyncio.sleep(delay)
+        except ClientError as exc:
+            self._finish(exc)
+        except Exception as exc:
+            # A bug here must not leave callers waiting for ever.
+            log.exception("the client link failed")
+            self._finish(ClientError(f"the client link failed: {exc!r}"))
+
+    async def _link_once(self) -> _LinkEnd:
+        opts, end = self.options, _LinkEnd()
+        try:
+            ws = await connect(self.url, open_timeout=opts.open_timeout, ping_interval=opts.ping_interval,
+                               ping_timeout=opts.ping_timeout, max_size=opts.max_frame, compression=None,
+                               proxy=opts.proxy)
+        except InvalidStatus as exc:
+            if exc.response.status_code in (401, 403):
+                raise Unauthorized(f"the server refused the token (HTTP {exc.response.status_code})") from None
+            log.info("cannot open %s: %s", self.url, exc)
+            return end
+        except InvalidURI as exc:
+            raise ClientError(str(exc)) from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            log.info("cannot reach %s: %s", self.url, exc)
+            return end
+        try:
+            hello: dict[str, Any] = {"op": "hello", "token": self._token}
+            if self.last_seq is not None:
+                hello["resume_from"] = self.last_seq
+            await ws.send(json.dumps(hello))
+            async with asyncio.timeout(opts.open_timeout):
+                welcome = await self._welcome(ws)
+            end.welcomed = True
+            self._on_welcome(ws, welcome)
+            flush = asyncio.create_task(self._flush(ws, self._link))
+            try:
+                async for raw in ws:
+                    await self._on_frame(ws, raw)
+            finally:
+                flush.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flush
+        except (ConnectionClosed, TimeoutError, OSError):
+            pass  # how it ended is read from the close frame below
+        finally:
+            self._ws, self.session, self._ready = None, None, False
+            await ws.close()
+            end.relink, self._relinking = self._relinking, False
+        rcvd = ws.protocol.close_rcvd
+        end.code = rcvd.code if rcvd is not None else None
+        return end
+
+    async def _welcome(self, ws: ClientConnection) -> dict[str, Any]:
+        while True:
+            frame = _decode(await ws.recv())
+            if frame is None:
+                continue
+            if frame.get("op") == "welcome":
+                return frame
+            if frame.get("op") == "error" and frame.get("code") == "unauthorized":
+                raise Unauthorized(str(frame.get("message") or "the server refused the token"))
+            log.warning("before welcome the server said %s", str(frame)[:200])
+
+    def _on_welcome(self, ws: ClientConnection, welcome: dict[str, Any]) -> None:
+        if self._link:
+            self.reconnects += 1
+        self._link += 1
+        self._ws, self.welcome = ws, welcome
+        self.session = str(welcome.get("session", ""))
+        seq = welcome.get("seq")
+        if self.last_seq is None and isinstance(seq, int):
+            self.last_seq = seq  # a first link without resume: a later one resumes from here
+        self._overflowed = False  # this link resumes from last_seq, so what was dropped comes again
+        self._changed.set()
+
+    async def _flush(self, ws: ClientConnection, link: int) -> None:
+        """Repeat the sticky operations, then send every unanswered operation in order (new ones
+        join the end of the queue meanwhile), then let new operations go out directly."""
+        for op, fields in list(self._sticky.items()):
+            await self._send(ws, json.dumps({"op": op, "id": uuid.uuid4().hex, **fields}, separators=(",", ":")))
+        while batch := [p for p in self._pending.values() if p.link != link]:
+            for pending in batch:
+                if self._pending.get(pending.id) is pending:
+                    pending.link = link
+                    await self._send(ws, pending.text)
+        if self._ws is ws:
+            self._ready = True
+
+    async def _send(self, ws: ClientConnection, text: str) -> None:
+        # One writer at a time keeps operations in the order they were issued.
+        async with self._send_lock:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(text)  # a lost link is noticed by the reader; the op stays queued
+
+    async def _on_frame(self, ws: ClientConnection, raw: str | bytes) -> None:
+        frame = _decode(raw)
+        if frame is None:
+            return
+        op = frame.get("op")
+        if op == "event":
+            if isinstance(frame.get("seq"), int):
+                self._deliver(Event.from_frame(frame), frame["seq"])
+        elif op in ("ok", "error"):
+            self._answer(frame)
+        elif op == "ping":
+            await self._send(ws, json.dumps({"op": "pong", **({"ref": frame["id"]} if "id" in frame else {})}))
+        elif op == "positions":
+            units = frame.get("units")
+            if isinstance(units, list):
+                self._positions.offer(units)
+        elif op == "resync":
+            if isinstance(frame.get("seq"), int):
+                self._deliver(Resync(str(frame.get("reason", "")), frame["seq"]), frame["seq"], always=True)
+        elif op != "pong":
+            log.debug("ignored a %r frame", op)  # newer servers may say more than this client knows
+
+    def _deliver(self, item: Item, seq: int, *, always: bool = False) -> None:
+        if not always and self.last_seq is not None and seq <= self.last_seq:
+            return  # replayed and already delivered
+        if self._overflowed or not self._events.offer(item):
+            # Dropped without moving last_seq: the relink after the consumer caught up replays it.
+            self._overflowed = True
+            return
+        self.last_seq = seq
+
+    def _answer(self, frame: dict[str, Any]) -> None:
+        ref = frame.get("ref")
+        pending = self._pending.pop(ref, None) if isinstance(ref, str) else None
+        if pending is None or pending.future.done():
+            if frame.get("op") == "error":  # to a repeated sticky op, or to something we cannot place
+                log.warning("server error %s: %s", frame.get("code"), frame.get("message"))
+            return
+        if frame.get("op") == "ok":
+            if pending.sticky:
+                self._sticky[pending.op] = pending.fields
+            pending.future.set_result({k: v for k, v in frame.items() if k not in ("op", "ref")})
+        else:
+            pending.future.set_exception(OpError(str(frame.get("code", "error")), str(frame.get("message", "")),
+                                                 ref=ref, errors=frame.get("errors") or ()))
+
+    def _catch_up(self) -> None:
+        ws = self._ws
+        if ws is None or self._relinking:
+            return
+        self._relinking = True
+        task = asyncio.create_task(ws.close(CLOSE_NORMAL, "resuming after a full buffer"))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def _finish(self, error: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = error
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._events.end(error)
+        self._positions.end(error)
+        self._changed.set()
+
+
+def _decode(raw: str | bytes) -> dict[str, Any] | None:
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        log.warning("the server sent a frame that is not JSON")
+        return None
+    return frame if isinstance(frame, dict) else None

@@ -1,0 +1,26 @@
+"""Fixtures for the SDK tests: the real server, a seeded city, and a flaky link between client and server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.icp.client.support import FlakyLink
+from tests.icp.test_dispatch_api import City, build_city
+
+
+@pytest.fixture
+async def link(client: TestClient) -> AsyncIterator[FlakyLink]:
+    assert client.server.port is not None
+    proxy = FlakyLink("127.0.0.1", client.server.port)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
+async def city(with_roads: None, client: TestClient, make_token: Any) -> City:
+    return await build_city(client, make_token)
