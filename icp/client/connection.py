@@ -36,6 +36,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_SLOW = 4008
+CLOSE_BAD_HELLO = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_HEARTBEAT_LOST = 4408
 
@@ -44,6 +45,9 @@ MAX_PENDING = 10_000  # unanswered operations, queued or in flight
 MAX_EVENTS = 1_000  # events (and resyncs) waiting for the consumer
 MAX_POSITIONS = 64  # position batches waiting for the consumer; the oldest is dropped first
 MAX_FRAME = 1 << 20  # largest frame accepted from the server
+MAX_OP_BYTES = 64 * 1024  # the server's frame limit: a larger op would be refused on every resend
+PROTOCOL_VERSION = 1
+IN_PROGRESS = "in_progress"  # an error code that is not an answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +161,8 @@ class _Inbox(Generic[T]):
 class _Pending:
     op: str
     id: str
-    fields: dict[str, Any]
     text: str
     future: asyncio.Future[dict[str, Any]]
-    sticky: bool
     link: int = 0  # the link it was last sent on; 0: never sent
 
 
@@ -168,6 +170,7 @@ class _Pending:
 class _LinkEnd:
     welcomed: bool = False
     code: int | None = None
+    message: str = ""  # the error frame that came before the close, if any
     relink: bool = False  # we closed it ourselves to catch up: come back at once
 
 
@@ -193,6 +196,7 @@ class ConnectionOptions:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     proxy: str | Literal[True] | None = True  # True: the websockets default (proxy from the environment)
+    client: Mapping[str, Any] = field(default_factory=lambda: {"sdk": "icp.client"})  # told in hello
 
 
 class Connection:
@@ -271,6 +275,14 @@ class Connection:
                 self._changed.clear()
                 await self._changed.wait()
 
+    def set_sticky(self, op: str, fields: Mapping[str, Any] | None) -> None:
+        """Send ``op`` with ``fields`` (under a fresh id) at the start of every new link, pipelined
+        behind the hello, or stop doing so (None). For session state such as subscriptions."""
+        if fields is None:
+            self._sticky.pop(op, None)
+        else:
+            self._sticky[op] = dict(fields)
+
     def abort_link(self) -> None:
         """Drop the current link as a network failure would (no close handshake); the client
         reconnects and resumes. For tests and chaos drills."""
@@ -304,13 +316,12 @@ class Connection:
     # -- operations ------------------------------------------------------------------------------
 
     async def request(self, op: str, /, *, op_id: str | None = None, timeout: float | _Unset | None = _UNSET,
-                      sticky: bool = False, **fields: Any) -> dict[str, Any]:
+                      **fields: Any) -> dict[str, Any]:
         """Send an operation and return the fields of its ``ok`` answer; raise `OpError` on ``error``.
 
         Offline, the operation waits in the queue and goes out after reconnect, in order, under the
         same id. ``timeout`` (default ``options.request_timeout``; None: wait for ever) withdraws it
-        and raises `OpTimeout`. ``sticky`` operations (subscriptions) are repeated on every new link
-        once they succeeded.
+        and raises `OpTimeout`.
         """
         if self._fatal is not None:
             raise self._fatal
@@ -319,9 +330,10 @@ class Connection:
         op_id = op_id or uuid.uuid4().hex
         if op_id in self._pending:
             raise ValueError(f"operation {op_id} is already waiting for its answer")
-        frame = {"op": op, "id": op_id, **fields}
-        pending = _Pending(op, op_id, fields, json.dumps(frame, separators=(",", ":")),
-                           asyncio.get_running_loop().create_future(), sticky)
+        text = _encode({"op": op, "id": op_id, **fields})
+        if len(text.encode()) > MAX_OP_BYTES:
+            raise ValueError(f"{op} is larger than the server's frame limit ({MAX_OP_BYTES} bytes)")
+        pending = _Pending(op, op_id, text, asyncio.get_running_loop().create_future())
         self._pending[op_id] = pending
         limit = self.options.request_timeout if isinstance(timeout, _Unset) else timeout
         try:
@@ -349,7 +361,9 @@ class Connection:
                 if end.relink:
                     continue
                 if end.code == CLOSE_UNAUTHORIZED:
-                    raise Unauthorized("the server refused the token (4401)")
+                    raise Unauthorized(end.message or "the server refused the token (4401)")
+                if end.code == CLOSE_BAD_HELLO:  # this client's hello: the same again would fail again
+                    raise ClientError(f"the server refused the hello: {end.message or 'bad hello (4400)'}")
                 if end.welcomed:
                     failures = 0
                 # A policy close means this client misbehaved: come back, but not soon.
@@ -382,12 +396,17 @@ class Connection:
             log.info("cannot reach %s: %s", self.url, exc)
             return end
         try:
-            hello: dict[str, Any] = {"op": "hello", "token": self._token}
+            hello: dict[str, Any] = {"op": "hello", "token": self._token, "protocol": PROTOCOL_VERSION,
+                                     "client": dict(opts.client)}
             if self.last_seq is not None:
                 hello["resume_from"] = self.last_seq
-            await ws.send(json.dumps(hello))
+            await ws.send(_encode(hello))
+            # Pipelined behind the hello, the server runs them right after welcome: subscriptions
+            # are in place before the first live event.
+            for op, fields in self._sticky.items():
+                await ws.send(_encode({"op": op, "id": uuid.uuid4().hex, **fields}))
             async with asyncio.timeout(opts.open_timeout):
-                welcome = await self._welcome(ws)
+                welcome = await self._welcome(ws, end)
             end.welcomed = True
             self._on_welcome(ws, welcome)
             flush = asyncio.create_task(self._flush(ws, self._link))
@@ -408,15 +427,15 @@ class Connection:
         end.code = rcvd.code if rcvd is not None else None
         return end
 
-    async def _welcome(self, ws: ClientConnection) -> dict[str, Any]:
+    async def _welcome(self, ws: ClientConnection, end: _LinkEnd) -> dict[str, Any]:
         while True:
             frame = _decode(await ws.recv())
             if frame is None:
                 continue
             if frame.get("op") == "welcome":
                 return frame
-            if frame.get("op") == "error" and frame.get("code") == "unauthorized":
-                raise Unauthorized(str(frame.get("message") or "the server refused the token"))
+            if frame.get("op") == "error":  # the close that follows says whether it is final
+                end.message = f"{frame.get('code')}: {frame.get('message')}"
             log.warning("before welcome the server said %s", str(frame)[:200])
 
     def _on_welcome(self, ws: ClientConnection, welcome: dict[str, Any]) -> None:
@@ -432,10 +451,8 @@ class Connection:
         self._changed.set()
 
     async def _flush(self, ws: ClientConnection, link: int) -> None:
-        """Repeat the sticky operations, then send every unanswered operation in order (new ones
-        join the end of the queue meanwhile), then let new operations go out directly."""
-        for op, fields in list(self._sticky.items()):
-            await self._send(ws, json.dumps({"op": op, "id": uuid.uuid4().hex, **fields}, separators=(",", ":")))
+        """Send every unanswered operation in order (new ones join the end of the queue meanwhile),
+        then let new operations go out directly."""
         while batch := [p for p in self._pending.values() if p.link != link]:
             for pending in batch:
                 if self._pending.get(pending.id) is pending:
@@ -461,7 +478,7 @@ class Connection:
         elif op in ("ok", "error"):
             self._answer(frame)
         elif op == "ping":
-            await self._send(ws, json.dumps({"op": "pong", **({"ref": frame["id"]} if "id" in frame else {})}))
+            await self._send(ws, _encode({"op": "pong", **{k: frame[k] for k in ("t",) if k in frame}}))
         elif op == "positions":
             units = frame.get("units")
             if isinstance(units, list):
@@ -482,6 +499,8 @@ class Connection:
         self.last_seq = seq
 
     def _answer(self, frame: dict[str, Any]) -> None:
+        if frame.get("code") == IN_PROGRESS:
+            return  # a resent op still executing from before the reconnect: its answer follows
         ref = frame.get("ref")
         pending = self._pending.pop(ref, None) if isinstance(ref, str) else None
         if pending is None or pending.future.done():
@@ -489,8 +508,6 @@ class Connection:
                 log.warning("server error %s: %s", frame.get("code"), frame.get("message"))
             return
         if frame.get("op") == "ok":
-            if pending.sticky:
-                self._sticky[pending.op] = pending.fields
             pending.future.set_result({k: v for k, v in frame.items() if k not in ("op", "ref")})
         else:
             pending.future.set_exception(OpError(str(frame.get("code", "error")), str(frame.get("message", "")),
@@ -514,6 +531,10 @@ class Connection:
         self._events.end(error)
         self._positions.end(error)
         self._changed.set()
+
+
+def _encode(frame: Mapping[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _decode(raw: str | bytes) -> dict[str, Any] | None:

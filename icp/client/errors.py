@@ -30,6 +30,14 @@ class OpError(ClientError):
         super().__init__(f"{code}: {message}")
         self.code, self.message, self.ref, self.errors = code, message, ref, list(errors)
 
+    @property
+    def retryable(self) -> bool:
+        """The server applied nothing and asks to try again later with the same id (``op_id=ref``)."""
+        return self.code in RETRYABLE
+
+
+RETRYABLE = frozenset({"rate_limited", "internal_error"})
+
 
 class OpTimeout(ClientError, TimeoutError):
     """No answer in time. ``sent`` says whether the operation ever left this process: if it did, it
