@@ -48,6 +48,18 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+async def principal_for_bearer(app: web.Application, secret: str) -> Principal | None:
+    """The principal behind a bearer token (HTTP or the WebSocket hello), through the node's cache."""
+    cache = app.get(TOKEN_CACHE)
+    key = credentials.hash_secret(secret)
+    principal = cache.get(key) if cache is not None else None
+    if principal is None:
+        principal = await credentials.principal_for_token(app[POOL], secret)
+        if principal is not None and cache is not None:
+            cache.put(key, principal)
+    return principal
+
+
 async def authenticate(request: web.Request) -> Principal:
     """The caller, from a bearer token or else the console's session cookie; 401 otherwise."""
     cached: Principal | None = request.get(PRINCIPAL)
@@ -60,15 +72,9 @@ async def authenticate(request: web.Request) -> Principal:
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise unauthorized("the Authorization header must be 'Bearer <token>'")
-        cache = request.app.get(TOKEN_CACHE)
-        key = credentials.hash_secret(secret.strip())
-        principal = cache.get(key) if cache is not None else None
+        principal = await principal_for_bearer(request.app, secret.strip())
         if principal is None:
-            principal = await credentials.principal_for_token(pool, secret.strip())
-            if principal is None:
-                raise unauthorized("the bearer token is unknown, revoked or expired")
-            if cache is not None:
-                cache.put(key, principal)
+            raise unauthorized("the bearer token is unknown, revoked or expired")
     else:
         cookie = request.cookies.get(credentials.SESSION_COOKIE)
         if not cookie:

@@ -1,9 +1,15 @@
-"""The WebSocket endpoint (`/ws`): authenticate with `hello`, replay from a seq, then go live.
+"""The `/ws` endpoint: the protocol object (`protocol.Session`) wired to sockets, the log and the services.
 
-Replay and live delivery meet without a gap or a duplicate: the connection subscribes to the
-node's event feed *before* reading the log, buffers what arrives meanwhile, and drops anything at
-or below the last seq it has sent. Each connection has a bounded queue; a client that falls too
-far behind is closed with a resumable code rather than growing memory.
+The session decides what every frame means; this module only carries its actions out:
+- every frame to the client goes through one bounded queue; a client that falls behind by more
+  than ``SEND_QUEUE`` frames is closed with 4008 (resumable) instead of growing memory, and fan-out
+  never waits on a client (it only enqueues);
+- after authentication the connection subscribes to the node's event feed *before* reading the
+  log, replays what the client missed from ``resume_from`` (or says ``resync`` when that is older
+  than ``max_replay_events``), then goes live, dropping anything at or below the last seq sent;
+- visibility: administrators see everything, agency principals their agencies' events, a field
+  unit its own unit and the incidents it is or was assigned to;
+- operations run in their own tasks (a slow one does not block the socket) through `ops.execute`.
 """
 
 from __future__ import annotations
@@ -11,164 +17,262 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from icp import appkeys
-from icp.auth import credentials
-from icp.auth.principal import Principal
-from icp.errors import Problem
+from icp.auth.guard import principal_for_bearer
+from icp.auth.principal import Principal, Role
+from icp.dispatch_service import may_dispatch
+from icp.errors import to_problem
+from icp.gateway import ops, protocol
 from icp.store import eventlog
 from icp.store.eventlog import RecordedEvent
 
-HELLO_TIMEOUT_S = 5.0
-MAX_FRAME_BYTES = 64 * 1024
 SEND_QUEUE = 2000
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_TOO_SLOW = 4008  # resumable: reconnect with resume_from = last seq received
-PING_INTERVAL_S = 20.0
+MAX_REPLAY_EVENTS = 100_000
+POSITIONS_EVERY_S = 0.25
+TICK_S = 1.0
+log = logging.getLogger(__name__)
 
 
-def _visible(event: RecordedEvent, agencies: list[str] | None) -> bool:
-    if agencies is None:
-        return True
-    return any(v == eventlog.PUBLIC or v in agencies for v in event.visibility)
+class Connection:
+    def __init__(self, app: web.Application, ws: web.WebSocketResponse) -> None:
+        self.app = app
+        self.ws = ws
+        self.session = protocol.Session(now=time.monotonic())
+        self.out: asyncio.Queue[dict[str, Any] | protocol.Close] = asyncio.Queue(SEND_QUEUE)
+        self.who: Principal | None = None
+        self.agencies: list[str] | None = None
+        self.unit_incidents: set[str] = set()
+        self.topics: set[str] = {"events"}
+        self.last_seq = 0
+        self.live_ready = False
+        self.held: list[RecordedEvent] = []
+        self.positions: dict[str, dict[str, Any]] = {}
+        self.positions_on = False
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.cleanups: list[Callable[[], None]] = []
+        self.closed = False
+
+    # -- the loops ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop())
+        ticker = asyncio.create_task(self._tick_loop())
+        try:
+            async for msg in self.ws:
+                now = time.monotonic()
+                if msg.type == WSMsgType.TEXT:
+                    self.perform(self.session.receive_text(msg.data, now))
+                elif msg.type == WSMsgType.BINARY:
+                    self.perform(self.session.receive_binary(msg.data, now))
+                elif msg.type == WSMsgType.ERROR:
+                    break
+                if self.closed:
+                    break
+        finally:
+            self.closed = True
+            for cleanup in self.cleanups:
+                cleanup()
+            for task in (ticker, *self.tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.QueueFull):
+                self.out.put_nowait(protocol.Close(protocol.CLOSE_NORMAL, ""))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sender, 2)
+            sender.cancel()
+
+    async def _send_loop(self) -> None:
+        while True:
+            item = await self.out.get()
+            if isinstance(item, protocol.Close):
+                if not self.ws.closed:
+                    await self.ws.close(code=item.code, message=item.reason.encode())
+                return
+            if self.ws.closed:
+                return
+            await self.ws.send_str(json.dumps(item, separators=(",", ":"), ensure_ascii=False, default=str))
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.perform(self.session.tick(time.monotonic()))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- carrying out the session's actions ----------------------------------------------------------
+    def perform(self, actions: list[protocol.Action]) -> None:
+        for action in actions:
+            if isinstance(action, protocol.Send):
+                self.send(action.frame)
+            elif isinstance(action, protocol.Close):
+                self._close(action)
+            elif isinstance(action, protocol.Authenticate):
+                self._spawn(self._authenticate(action))
+            elif isinstance(action, protocol.Execute):
+                self._spawn(self._execute(action))
+
+    def send(self, frame: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            self.out.put_nowait(frame)
+        except asyncio.QueueFull:  # a consumer this far behind is cut off; it may resume
+            self._close(protocol.Close(protocol.CLOSE_TOO_SLOW, "too slow; resume from your last seq"))
+
+    def _close(self, action: protocol.Close) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        while not self.out.empty():  # the close goes out now, not behind a full queue
+            self.out.get_nowait()
+        self.out.put_nowait(action)
+
+    # -- hello ---------------------------------------------------------------------------------------
+    async def _authenticate(self, hello: protocol.Authenticate) -> None:
+        app = self.app
+        who = await principal_for_bearer(app, hello.token)
+        if who is None:
+            self.perform(self.session.auth_failed())
+            return
+        self.who, self.agencies = who, who.visible_agencies()
+        if who.role is Role.UNIT and who.unit:
+            rows = await app[appkeys.POOL].fetch("SELECT DISTINCT incident_id FROM assignments WHERE unit_id = $1",
+                                                 who.unit)
+            self.unit_incidents = {r["incident_id"] for r in rows}
+        feed = app[appkeys.FEED]
+        self.cleanups.append(feed.subscribe(self._on_events))
+        head = feed.head
+        self.perform(self.session.authenticated(who.to_json(), secrets.token_hex(8), head))
+        self.last_seq = head
+        if hello.resume_from is not None and hello.resume_from < head:
+            if head - hello.resume_from > MAX_REPLAY_EVENTS:
+                self.send(protocol.resync_frame("the gap since resume_from is too old to replay", head))
+            else:
+                await self._replay(hello.resume_from, head)
+        self.live_ready = True
+        held, self.held = self.held, []
+        self._deliver(held)
+
+    async def _replay(self, after: int, upto: int, page: int = 500) -> None:
+        pool = self.app[appkeys.POOL]
+        last = after
+        while last < upto and not self.closed:
+            rows = await eventlog.read_after(pool, last, page, self.agencies)
+            for event in rows:
+                if event.seq > upto:
+                    break
+                if self._visible(event):
+                    self.send(protocol.event_frame(event.to_wire()))
+                last = event.seq
+            if len(rows) < page or (rows and rows[-1].seq >= upto):
+                break
+        self.last_seq = max(self.last_seq, upto)
+
+    # -- events and positions --------------------------------------------------------------------------
+    def _on_events(self, batch: list[RecordedEvent]) -> None:
+        if not self.live_ready:
+            self.held.extend(batch)  # delivered after the replay, in order
+            return
+        self._deliver(batch)
+
+    def _deliver(self, batch: list[RecordedEvent]) -> None:
+        for event in batch:
+            if event.seq <= self.last_seq:
+                continue
+            self.last_seq = event.seq
+            if self._visible(event) and self._subscribed(event):
+                self.send(protocol.event_frame(event.to_wire()))
+
+    def _visible(self, event: RecordedEvent) -> bool:
+        who = self.who
+        if who is None:
+            return False
+        if self.agencies is not None and not any(v == eventlog.PUBLIC or v in self.agencies
+                                                 for v in event.visibility):
+            return False
+        if who.role is not Role.UNIT:
+            return True
+        # A field unit: its own unit, and the incidents it is (or was) assigned to.
+        if event.subject == f"unit/{who.unit}":
+            return True
+        incident_id = event.data.get("incident_id") if isinstance(event.data, dict) else None
+        if event.data.get("unit_id") == who.unit and incident_id:
+            self.unit_incidents.add(incident_id)
+        return incident_id in self.unit_incidents
+
+    def _subscribed(self, event: RecordedEvent) -> bool:
+        if "events" in self.topics:
+            return True
+        incident_id = event.data.get("incident_id") if isinstance(event.data, dict) else None
+        return incident_id is not None and f"incident:{incident_id}" in self.topics
+
+    def _on_positions(self, batch: list[dict[str, Any]]) -> None:
+        live = self.app[appkeys.LIVE]
+        who = self.who
+        for fix in batch:
+            unit = live.state.units.get(fix["unit"])
+            if who is not None and unit is not None and may_dispatch(who, unit, live.state.agencies):
+                self.positions[fix["unit"]] = fix  # the latest per unit; sent every 250 ms
+
+    async def _positions_loop(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(POSITIONS_EVERY_S)
+            if self.positions:
+                batch, self.positions = list(self.positions.values()), {}
+                self.send(protocol.positions_frame(batch))
+
+    # -- operations -------------------------------------------------------------------------------------
+    async def _execute(self, action: protocol.Execute) -> None:
+        who = self.who
+        assert who is not None
+        op_id = str(action.id)
+        try:
+            audience = protocol.OPS[action.op].audience.value
+            ops.check_audience(who, action.op, audience)
+            if action.op in ("subscribe", "unsubscribe"):
+                result = self._topics(action.op, action.args["topics"])
+            else:
+                result = await ops.execute(self.app, who, action.op, op_id, action.args)
+        except Exception as exc:
+            problem = to_problem(exc)
+            self.perform(self.session.op_error(action.id, problem.code, problem.detail, tuple(problem.errors)))
+            return
+        self.perform(self.session.op_ok(action.id, result))
+
+    def _topics(self, op: str, topics: list[str]) -> dict[str, Any]:
+        if op == "subscribe":
+            self.topics |= set(topics)
+            if "positions" in topics and not self.positions_on:
+                self.positions_on = True
+                self.cleanups.append(self.app[appkeys.POSITIONS].subscribe(self._on_positions))
+                self._spawn(self._positions_loop())
+        else:
+            self.topics -= set(topics)
+        return {"topics": sorted(self.topics)}
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=PING_INTERVAL_S, max_msg_size=MAX_FRAME_BYTES)
+    # Heartbeats are the protocol's (ping/pong frames); aiohttp's own stay off so there is one clock.
+    ws = web.WebSocketResponse(max_msg_size=protocol.MAX_FRAME_BYTES + 1024, heartbeat=None)
     await ws.prepare(request)
-    app = request.app
-    app[appkeys.WEBSOCKETS].add(ws)
+    registry = request.app[appkeys.WEBSOCKETS]
+    registry.add(ws)
     try:
-        who, resume_from = await _hello(app, ws)
-        if who is not None:
-            await _serve(app, ws, who, resume_from)
+        await Connection(request.app, ws).run()
+    except Exception:
+        log.exception("websocket connection failed")
     finally:
-        app[appkeys.WEBSOCKETS].discard(ws)
+        registry.discard(ws)
     return ws
-
-
-async def _hello(app: web.Application, ws: web.WebSocketResponse) -> tuple[Principal | None, int | None]:
-    try:
-        msg = await ws.receive(timeout=HELLO_TIMEOUT_S)
-    except TimeoutError:
-        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"hello expected within 5 s")
-        return None, None
-    try:
-        frame = json.loads(msg.data) if msg.type == WSMsgType.TEXT else None
-    except json.JSONDecodeError:
-        frame = None
-    if not isinstance(frame, dict) or frame.get("op") != "hello" or not isinstance(frame.get("token"), str):
-        await ws.send_json(Problem(400, "hello_expected", "the first frame must be "
-                                   '{"op":"hello","token":…}').ws_frame(None))
-        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"hello expected")
-        return None, None
-    who = await credentials.principal_for_token(app[appkeys.POOL], frame["token"])
-    if who is None:
-        await ws.send_json(Problem(401, "unauthorized", "the token is unknown, revoked or expired").ws_frame(None))
-        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
-        return None, None
-    resume = frame.get("resume_from")
-    if resume is not None and (not isinstance(resume, int) or isinstance(resume, bool) or resume < 0):
-        await ws.send_json(Problem(400, "invalid_request", "resume_from must be a seq (integer ≥ 0)").ws_frame(None))
-        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"bad hello")
-        return None, None
-    return who, resume
-
-
-async def _serve(app: web.Application, ws: web.WebSocketResponse, who: Principal, resume_from: int | None) -> None:
-    feed = app[appkeys.FEED]
-    agencies = who.visible_agencies()
-    queue: asyncio.Queue[RecordedEvent] = asyncio.Queue(SEND_QUEUE)
-    overflow = asyncio.Event()
-
-    def on_batch(batch: list[RecordedEvent]) -> None:
-        for event in batch:
-            if not _visible(event, agencies):
-                continue
-            try:
-                queue.put_nowait(event)
-            except asyncio.QueueFull:
-                overflow.set()
-                return
-
-    unsubscribe = feed.subscribe(on_batch)
-    sender: asyncio.Task[None] | None = None
-    try:
-        head = feed.head
-        await ws.send_json({"op": "welcome", "session": secrets.token_hex(8), "seq": head})
-        last = head
-        if resume_from is not None:
-            last = await _replay(app, ws, agencies, after=resume_from, upto=head)
-        sender = asyncio.create_task(_send_live(ws, queue, overflow, last))
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                await _client_frame(ws, msg.data)
-            elif msg.type == WSMsgType.ERROR:
-                break
-    finally:
-        unsubscribe()
-        if sender is not None:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
-
-
-async def _replay(app: web.Application, ws: web.WebSocketResponse, agencies: list[str] | None,
-                  *, after: int, upto: int, page: int = 500) -> int:
-    """Send the visible events in (after, upto] from the log; return the last seq covered."""
-    pool = app[appkeys.POOL]
-    last = after
-    while last < upto:
-        rows = await eventlog.read_after(pool, last, page, agencies)
-        wanted = [e for e in rows if e.seq <= upto]
-        for event in wanted:
-            await ws.send_json({"op": "event", **event.to_wire()})
-            last = event.seq
-        if len(wanted) < len(rows) or len(rows) < page:
-            break
-    return max(last, upto)
-
-
-async def _send_live(ws: web.WebSocketResponse, queue: asyncio.Queue[RecordedEvent],
-                     overflow: asyncio.Event, last: int) -> None:
-    while not ws.closed:
-        if overflow.is_set():
-            await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow; resume from your last seq")
-            return
-        get = asyncio.ensure_future(queue.get())
-        over = asyncio.ensure_future(overflow.wait())
-        done, _ = await asyncio.wait({get, over}, return_when=asyncio.FIRST_COMPLETED)
-        over.cancel()
-        if get not in done:
-            get.cancel()
-            continue
-        event = get.result()
-        if event.seq <= last:
-            continue  # already replayed
-        await ws.send_json({"op": "event", **event.to_wire()})
-        last = event.seq
-
-
-async def _client_frame(ws: web.WebSocketResponse, data: str) -> None:
-    try:
-        frame: Any = json.loads(data)
-    except json.JSONDecodeError:
-        await ws.send_json(Problem(400, "invalid_json", "the frame is not JSON").ws_frame(None))
-        return
-    if not isinstance(frame, dict):
-        await ws.send_json(Problem(400, "invalid_request", "a frame must be a JSON object").ws_frame(None))
-        return
-    op, ref = frame.get("op"), frame.get("id")
-    if op == "pong":
-        return
-    if op == "ping":
-        await ws.send_json({"op": "pong", "ref": ref})
-        return
-    await ws.send_json(Problem(400, "unknown_op", f"unknown operation {str(op)[:40]!r}").ws_frame(ref))
 
 
 def setup(app: web.Application) -> None:
