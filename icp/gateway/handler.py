@@ -56,6 +56,8 @@ class Connection:
         self.held: list[RecordedEvent] = []
         self.positions: dict[str, dict[str, Any]] = {}
         self.positions_on = False
+        # Bounded by the session (at most MAX_IN_FLIGHT operations pending per connection).
+        self.ops: asyncio.Queue[protocol.Execute] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.cleanups: list[Callable[[], None]] = []
         self.closed = False
@@ -118,7 +120,11 @@ class Connection:
             elif isinstance(action, protocol.Authenticate):
                 self._spawn(self._authenticate(action))
             elif isinstance(action, protocol.Execute):
-                self._spawn(self._execute(action))
+                # One worker per connection: a client's operations apply in the order it sent them.
+                if self.ops is None:
+                    self.ops = asyncio.Queue()
+                    self._spawn(self._op_loop())
+                self.ops.put_nowait(action)
 
     def send(self, frame: dict[str, Any]) -> None:
         if self.closed:
@@ -231,6 +237,11 @@ class Connection:
                 self.send(protocol.positions_frame(batch))
 
     # -- operations -------------------------------------------------------------------------------------
+    async def _op_loop(self) -> None:
+        assert self.ops is not None
+        while True:
+            await self._execute(await self.ops.get())
+
     async def _execute(self, action: protocol.Execute) -> None:
         who = self.who
         assert who is not None
