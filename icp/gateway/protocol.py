@@ -22,7 +22,7 @@ __all__ = [
     "CLOSE_BAD_HELLO", "CLOSE_CODES", "CLOSE_GOING_AWAY", "CLOSE_HEARTBEAT_LOST", "CLOSE_NORMAL", "CLOSE_POLICY",
     "CLOSE_TOO_BIG", "CLOSE_TOO_SLOW", "CLOSE_UNAUTHORIZED", "ERROR_CODES", "OPS", "PROTOCOL_VERSION",
     "Action", "Audience", "Authenticate", "Close", "CloseCode", "ErrorCode", "Execute", "Field", "FieldError", "OpId",
-    "OpSpec", "Send", "Session", "State", "error_frame", "event_frame", "positions_frame", "resync_frame",
+    "OpSpec", "Origin", "Send", "Session", "State", "error_frame", "event_frame", "positions_frame", "resync_frame",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -65,7 +65,9 @@ class CloseCode:
     code: int
     name: str
     meaning: str
-    resumable: bool  # reconnecting with resume_from = the last seq received loses nothing
+    # Reconnecting at once with resume_from = the last seq received is the right response; for the
+    # others the same client would be closed again (its hello, token or frames are at fault).
+    resumable: bool
 
 
 CLOSE_CODES: Mapping[int, CloseCode] = MappingProxyType({c.code: c for c in (
@@ -82,35 +84,47 @@ CLOSE_CODES: Mapping[int, CloseCode] = MappingProxyType({c.code: c for c in (
 )})
 
 
+class Origin(StrEnum):
+    SESSION = "session"  # this module, about a frame
+    HANDLER = "handler"  # the gateway handler, about an op it executed (or refused to)
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorCode:
     code: str
+    origin: Origin
     meaning: str
     # Answers with a retryable code are not remembered: the same op id may be sent again later,
     # and then it is executed (nothing was applied the first time, or the handler's store knows).
     retryable: bool = False
+    on_repeat: str = ""  # what a repeat of the op id gets, when the general rule does not say it
 
 
+_S, _H = Origin.SESSION, Origin.HANDLER
 ERROR_CODES: Mapping[str, ErrorCode] = MappingProxyType({e.code: e for e in (
-    ErrorCode("hello_expected", "the first frame was not a hello; the socket closes with 4401"),
-    ErrorCode("unauthorized", "the token is unknown, revoked or expired; the socket closes with 4401"),
-    ErrorCode("unsupported_protocol", "the hello asked for a protocol version the server does not speak "
+    ErrorCode("hello_expected", _S, "the first frame was not a hello; the socket closes with 4401"),
+    ErrorCode("unauthorized", _S, "the token is unknown, revoked or expired; the socket closes with 4401"),
+    ErrorCode("unsupported_protocol", _S, "the hello asked for a protocol version the server does not speak "
               "(`supported` lists those it does); the socket closes with 4400"),
-    ErrorCode("invalid_json", "the frame is not JSON (NaN and infinities are not JSON)"),
-    ErrorCode("not_an_object", "the frame is JSON but not an object"),
-    ErrorCode("too_large", f"the frame is larger than {MAX_FRAME_BYTES // 1024} KiB"),
-    ErrorCode("binary_unsupported", "a binary frame arrived; the protocol uses text frames only"),
-    ErrorCode("unknown_op", "the op is not one the server knows"),
-    ErrorCode("invalid_request", "a field is missing or invalid; `errors` lists each one as `{field, message}`"),
-    ErrorCode("in_progress", "an op with this id is still executing; its answer will follow"),
-    ErrorCode("forbidden", "the principal may not use this op, or not on this subject"),
-    ErrorCode("not_found", "the incident, assignment, unit or channel does not exist (or is not visible)"),
-    ErrorCode("conflict", "the op conflicts with the current state (e.g. changed meanwhile)"),
-    ErrorCode("unit_unavailable", "a unit to dispatch is no longer available"),
-    ErrorCode("illegal_transition", "the lifecycle does not allow this step from the current state"),
-    ErrorCode("rate_limited", "too many ops (or positions) too fast; retry later with the same id", retryable=True),
-    ErrorCode("unsupported", "the op is defined but not available on this server yet"),
-    ErrorCode("internal_error", "the server failed; retry later with the same id (never applied twice)",
+    ErrorCode("invalid_json", _S, "the frame is not JSON (NaN and infinities are not JSON)"),
+    ErrorCode("not_an_object", _S, "the frame is JSON but not an object"),
+    ErrorCode("too_large", _S, f"the frame is larger than {MAX_FRAME_BYTES // 1024} KiB"),
+    ErrorCode("binary_unsupported", _S, "a binary frame arrived; the protocol uses text frames only"),
+    ErrorCode("unknown_op", _S, "the op is not one the server knows"),
+    ErrorCode("invalid_request", _S, "a field is missing or invalid; `errors` lists each as `{field, message}` "
+              "(the handler sends it too, for a rule only it can check)",
+              on_repeat="is checked afresh if the session refused it; gets this error again if the handler did"),
+    ErrorCode("in_progress", _S, "an op with this id is still executing; its answer will follow",
+              on_repeat="gets `in_progress` until the answer is sent, then the answer"),
+    ErrorCode("forbidden", _H, "the principal may not use this op, or not on this subject"),
+    ErrorCode("not_found", _H, "the incident, assignment, unit or channel does not exist (or is not visible)"),
+    ErrorCode("conflict", _H, "the op conflicts with the current state (e.g. it changed meanwhile)"),
+    ErrorCode("unit_unavailable", _H, "a unit to dispatch is no longer available"),
+    ErrorCode("illegal_transition", _H, "the lifecycle does not allow this step from the current state"),
+    ErrorCode("rate_limited", _H, "too many ops (or positions) too fast; retry later with the same id "
+              "(also sent by the session when too many ops are in progress)", retryable=True),
+    ErrorCode("unsupported", _H, "the op is defined but not available on this server yet"),
+    ErrorCode("internal_error", _H, "the server failed; retry later with the same id (never applied twice)",
               retryable=True),
 )})
 
@@ -919,14 +933,23 @@ def ops_markdown() -> str:
 
 
 def close_codes_markdown() -> str:
-    lines = ["| code | name | meaning | resume? |", "| --- | --- | --- | --- |"]
-    lines += [f"| {c.code} | {c.name} | {c.meaning} | {'yes' if c.resumable else 'no'} |"
+    lines = ["| code | name | meaning | reconnect with `resume_from`? |", "| --- | --- | --- | --- |"]
+    lines += [f"| {c.code} | {c.name} | {c.meaning} | {'yes, at once' if c.resumable else 'after fixing the cause'} |"
               for c in CLOSE_CODES.values()]
     return "\n".join(lines) + "\n"
 
 
 def error_codes_markdown() -> str:
-    lines = ["| code | meaning | same id again? |", "| --- | --- | --- |"]
-    lines += [f"| `{e.code}` | {e.meaning} | {'yes, later' if e.retryable else 'no'} |"
-              for e in ERROR_CODES.values()]
+    def repeat(e: ErrorCode) -> str:
+        if e.on_repeat:
+            return e.on_repeat
+        if e.origin is Origin.SESSION:
+            return "—" if e.code in _HELLO_CODES else "is checked afresh (nothing was executed)"
+        return "is executed again" if e.retryable else "gets this error again"
+
+    lines = ["| code | sent by | meaning | a repeat of the op id … |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{e.code}` | {e.origin.value} | {e.meaning} | {repeat(e)} |" for e in ERROR_CODES.values()]
     return "\n".join(lines) + "\n"
+
+
+_HELLO_CODES: Final = ("hello_expected", "unauthorized", "unsupported_protocol")
