@@ -656,8 +656,9 @@ class Session:
         self._hello_deadline = now + hello_timeout_s
         self._heard = now
         self._next_ping = math.inf
-        self._answers: OrderedDict[OpId, dict[str, Any] | None] = OrderedDict()
-        self._pending: set[OpId] = set()
+        # Keyed by the id as text: 7 and "7" are one id, as in the handler's persistent store.
+        self._answers: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
+        self._pending: set[str] = set()
         # Created on first use: most sessions never see an invalid or an early frame, and
         # ten thousand idle connections should not each carry an empty deque.
         self._abuse: deque[float] | None = None
@@ -720,9 +721,9 @@ class Session:
         """The op executed: answer `ok` with the result's fields."""
         if self.state is State.CLOSED:
             return []
-        self._finish(op_id)
         if result and ("op" in result or "ref" in result):
             raise ValueError("a result may not set 'op' or 'ref'")
+        self._finish(op_id)
         frame: dict[str, Any] = {"op": "ok", "ref": op_id, **(result or {})}
         # A bare ok is remembered as None: a unit's stream of position answers costs no dicts.
         self._remember(op_id, frame if result else None)
@@ -736,7 +737,9 @@ class Session:
         self._finish(op_id)
         frame = error_frame(code, message, op_id, errors)
         known = ERROR_CODES.get(code)
-        if known is None or not known.retryable:
+        # A code outside the table (a transient store failure, say) is treated as retryable:
+        # forgetting an answer only costs a re-execution the handler's store still guards.
+        if known is not None and not known.retryable:
             self._remember(op_id, frame)
         return [Send(frame)]
 
@@ -829,12 +832,13 @@ class Session:
         if op_id is None:
             return self._invalid(now, "invalid_request", f"{spec.name} needs an id", None,
                                  [FieldError("/id", f"is required: {_ID.describe()}")])
-        if op_id in self._answers:
+        key = _key(op_id)
+        if key in self._answers:
             # At most once: a repeat is answered again, never executed again.
-            self._answers.move_to_end(op_id)
-            answer = self._answers[op_id]
-            return [Send({"op": "ok", "ref": op_id} if answer is None else dict(answer))]
-        if op_id in self._pending:
+            self._answers.move_to_end(key)
+            answer = self._answers[key]
+            return [Send({"op": "ok", "ref": op_id} if answer is None else {**answer, "ref": op_id})]
+        if key in self._pending:
             return [Send(error_frame("in_progress", "an op with this id is executing; its answer will follow",
                                      op_id))]
         if len(self._pending) >= self.max_in_flight:
@@ -844,7 +848,7 @@ class Session:
             args = spec.args(frame, "")
         except _Invalid as exc:
             return self._invalid(now, "invalid_request", f"{spec.name} has invalid fields", op_id, exc.errors)
-        self._pending.add(op_id)
+        self._pending.add(key)
         return [Execute(spec.name, op_id, args)]
 
     def _closed(self, text: str | None, now: float) -> list[Action]:
@@ -897,16 +901,21 @@ class Session:
                              [FieldError("/id", f"must be {_ID.describe()}")])
 
     def _finish(self, op_id: OpId) -> None:
-        if op_id not in self._pending:
+        key = _key(op_id)
+        if key not in self._pending:
             raise ValueError(f"op {op_id!r} is not in progress")
-        self._pending.discard(op_id)
+        self._pending.discard(key)
 
     def _remember(self, op_id: OpId, answer: dict[str, Any] | None) -> None:
         if self.max_answers == 0:
             return
-        self._answers[op_id] = answer
+        self._answers[_key(op_id)] = answer
         if len(self._answers) > self.max_answers:
             self._answers.popitem(last=False)
+
+
+def _key(op_id: OpId) -> str:
+    return op_id if isinstance(op_id, str) else str(op_id)
 
 
 def _optional_id(value: Any) -> OpId | None:
