@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,9 +20,11 @@ from dispatch.lifecycle import UnitStatus
 
 __all__ = [
     "CLOSE_BAD_HELLO", "CLOSE_CODES", "CLOSE_GOING_AWAY", "CLOSE_HEARTBEAT_LOST", "CLOSE_NORMAL", "CLOSE_POLICY",
-    "CLOSE_TOO_BIG", "CLOSE_TOO_SLOW", "CLOSE_UNAUTHORIZED", "ERROR_CODES", "OPS", "PROTOCOL_VERSION",
-    "Action", "Audience", "Authenticate", "Close", "CloseCode", "ErrorCode", "Execute", "Field", "FieldError", "OpId",
-    "OpSpec", "Origin", "Send", "Session", "State", "error_frame", "event_frame", "positions_frame", "resync_frame",
+    "CLOSE_TOO_BIG", "CLOSE_TOO_SLOW", "CLOSE_UNAUTHORIZED", "ERROR_CODES", "HEARTBEAT_S", "HELLO_TIMEOUT_S",
+    "MAX_FRAME_BYTES", "OPS", "PROTOCOL_VERSION", "SUPPORTED_PROTOCOLS",
+    "Action", "Audience", "Authenticate", "Check", "Close", "CloseCode", "ErrorCode", "Execute", "Field", "FieldError",
+    "FieldErrorLike", "OpId", "OpSpec", "Origin", "Send", "Session", "State",
+    "error_frame", "event_frame", "positions_frame", "resync_frame",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -42,7 +44,6 @@ MAX_ID_CHARS: Final = 100
 MAX_TOKEN_CHARS: Final = 4096
 MAX_TOPICS: Final = 100
 MAX_MESSAGE_CHARS: Final = 4000
-MAX_TYPE_CHARS: Final = 64
 MAX_ADDRESS_CHARS: Final = 500
 _MAX_REASON_BYTES: Final = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 
@@ -656,8 +657,9 @@ class Session:
         self._hello_deadline = now + hello_timeout_s
         self._heard = now
         self._next_ping = math.inf
-        # Keyed by the id as text: 7 and "7" are one id, as in the handler's persistent store.
-        self._answers: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
+        # Keyed by the id as text: 7 and "7" are one id, as in the handler's persistent store. A plain
+        # dict in insertion order, not an OrderedDict: a third of the memory for a thousand answers.
+        self._answers: dict[str, dict[str, Any] | None] = {}
         self._pending: set[str] = set()
         # Created on first use: most sessions never see an invalid or an early frame, and
         # ten thousand idle connections should not each carry an empty deque.
@@ -835,8 +837,7 @@ class Session:
         key = _key(op_id)
         if key in self._answers:
             # At most once: a repeat is answered again, never executed again.
-            self._answers.move_to_end(key)
-            answer = self._answers[key]
+            answer = self._answers[key] = self._answers.pop(key)  # now the most recent
             return [Send({"op": "ok", "ref": op_id} if answer is None else {**answer, "ref": op_id})]
         if key in self._pending:
             return [Send(error_frame("in_progress", "an op with this id is executing; its answer will follow",
@@ -911,7 +912,7 @@ class Session:
             return
         self._answers[_key(op_id)] = answer
         if len(self._answers) > self.max_answers:
-            self._answers.popitem(last=False)
+            del self._answers[next(iter(self._answers))]
 
 
 def _key(op_id: OpId) -> str:
