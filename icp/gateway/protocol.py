@@ -638,8 +638,8 @@ class Session:
     progress, say) raises `ValueError`.
     """
 
-    __slots__ = ("_abuse", "_answers", "_early", "_heard", "_hello_deadline", "_next_ping", "_now", "_pending",
-                 "heartbeat_s", "hello_timeout_s", "max_answers", "max_frame", "max_in_flight", "state")
+    __slots__ = ("_abuse", "_answers", "_early", "_heard", "_hello_deadline", "_last_result", "_next_ping", "_now",
+                 "_pending", "heartbeat_s", "hello_timeout_s", "max_answers", "max_frame", "max_in_flight", "state")
 
     def __init__(self, *, now: float, heartbeat_s: float = HEARTBEAT_S, hello_timeout_s: float = HELLO_TIMEOUT_S,
                  max_frame: int = MAX_FRAME_BYTES, max_answers: int = MAX_ANSWERS,
@@ -659,7 +659,9 @@ class Session:
         self._next_ping = math.inf
         # Keyed by the id as text: 7 and "7" are one id, as in the handler's persistent store. A plain
         # dict in insertion order, not an OrderedDict: a third of the memory for a thousand answers.
+        # Each answer is stored as None (a bare ok), an ok's result, or a whole error frame.
         self._answers: dict[str, dict[str, Any] | None] = {}
+        self._last_result: dict[str, Any] | None = None
         self._pending: set[str] = set()
         # Created on first use: most sessions never see an invalid or an early frame, and
         # ten thousand idle connections should not each carry an empty deque.
@@ -727,8 +729,14 @@ class Session:
             raise ValueError("a result may not set 'op' or 'ref'")
         self._finish(op_id)
         frame: dict[str, Any] = {"op": "ok", "ref": op_id, **(result or {})}
-        # A bare ok is remembered as None: a unit's stream of position answers costs no dicts.
-        self._remember(op_id, frame if result else None)
+        if not result:
+            self._remember(op_id, None)
+        else:
+            # A unit's stream of position answers is mostly one result over and over: equal
+            # consecutive results share one stored dict instead of a thousand copies.
+            if result != self._last_result:
+                self._last_result = dict(result)
+            self._remember(op_id, self._last_result)
         return [Send(frame)]
 
     def op_error(self, op_id: OpId, code: str, message: str,
@@ -838,7 +846,7 @@ class Session:
         if key in self._answers:
             # At most once: a repeat is answered again, never executed again.
             answer = self._answers[key] = self._answers.pop(key)  # now the most recent
-            return [Send({"op": "ok", "ref": op_id} if answer is None else {**answer, "ref": op_id})]
+            return [Send(_answer_again(op_id, answer))]
         if key in self._pending:
             return [Send(error_frame("in_progress", "an op with this id is executing; its answer will follow",
                                      op_id))]
@@ -913,6 +921,14 @@ class Session:
         self._answers[_key(op_id)] = answer
         if len(self._answers) > self.max_answers:
             del self._answers[next(iter(self._answers))]
+
+
+def _answer_again(op_id: OpId, stored: dict[str, Any] | None) -> dict[str, Any]:
+    if stored is None:
+        return {"op": "ok", "ref": op_id}
+    if "op" in stored:  # an error frame (an ok's result never has an "op")
+        return {**stored, "ref": op_id}
+    return {"op": "ok", "ref": op_id, **stored}
 
 
 def _key(op_id: OpId) -> str:

@@ -419,6 +419,20 @@ def test_a_repeated_id_is_answered_again_and_never_executed_twice(result):
         assert sent(op(s, "incident.create", "c-1", type="fire", priority=1, address="1 Main St")) == answer
 
 
+def test_equal_results_are_stored_once():
+    s = opened()
+    for i in range(3):
+        one(op(s, "position", i, **POSITION))
+        s.op_ok(i, {"accepted": True, "reason": "accepted"})
+    one(op(s, "position", 3, **POSITION))
+    s.op_ok(3, {"accepted": False, "reason": "more often than allowed"})
+    stored = [s._answers[str(i)] for i in range(4)]
+    assert stored[0] is stored[1] is stored[2] and stored[3] is not stored[2]
+    assert sent(op(s, "position", 1, **POSITION)) == {"op": "ok", "ref": 1, "accepted": True, "reason": "accepted"}
+    assert sent(op(s, "position", 3, **POSITION)) == {"op": "ok", "ref": 3, "accepted": False,
+                                                      "reason": "more often than allowed"}
+
+
 def test_a_repeated_id_gets_the_stored_error_too():
     s = opened()
     one(op(s, "ack", "a", assignment="X-1"))
