@@ -138,9 +138,12 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        while not self.out.empty():  # the close goes out now, not behind a full queue
-            self.out.get_nowait()
-        self.out.put_nowait(action)
+        try:  # after what is queued (an error frame that explains the close, say)…
+            self.out.put_nowait(action)
+        except asyncio.QueueFull:  # …unless the client is too far behind: then at once
+            while not self.out.empty():
+                self.out.get_nowait()
+            self.out.put_nowait(action)
 
     # -- hello ---------------------------------------------------------------------------------------
     async def _authenticate(self, hello: protocol.Authenticate) -> None:
