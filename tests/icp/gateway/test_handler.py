@@ -119,7 +119,7 @@ async def test_resume_after_random_disconnects_delivers_every_visible_event_exac
 
     got: list[int] = []
     task = asyncio.create_task(producer())
-    ws, welcome = await Ws.connect(client, token, resume_from=0)
+    ws, _ = await Ws.connect(client, token, resume_from=0)
     while True:
         try:
             frame = await asyncio.wait_for(ws.next_any(), 3)
@@ -219,7 +219,7 @@ async def test_malformed_frames_get_error_frames_and_abuse_closes(client: TestCl
     for _ in range(25):
         await ws.ws.send_str("garbage")
     async with asyncio.timeout(10):
-        while (msg := await ws.ws.receive()).type == aiohttp.WSMsgType.TEXT:
+        while (await ws.ws.receive()).type == aiohttp.WSMsgType.TEXT:
             pass
     assert ws.ws.close_code == 1008
 
