@@ -777,7 +777,11 @@ def test_the_document_examples_behave_as_shown():
         elif example["op"] in ("ping", "pong"):
             assert actions == ([Send(shown)] if shown else [])
         elif isinstance(one(actions), Execute):
-            session.op_ok(example["id"])
+            if shown and shown["op"] == "error":
+                assert session.op_error(example["id"], shown["code"], shown["message"]) == [Send(shown)]
+            else:
+                result = {k: v for k, v in (shown or {}).items() if k not in ("op", "ref")}
+                assert session.op_ok(example["id"], result) == [Send({"op": "ok", "ref": example["id"], **result})]
         else:  # a repeat, answered from memory
             assert actions == [Send(shown)] and shown["op"] == "ok"
 
