@@ -123,7 +123,8 @@ async def _dispatch(app: web.Application) -> AsyncIterator[None]:
     scheduler = TimerScheduler(pool, service, feed, interval_s=settings.timer_interval_s)
     app[appkeys.LIVE], app[appkeys.DISPATCH], app[appkeys.SCHEDULER] = live, service, scheduler
     app[appkeys.INTAKE] = IntakeService(app[appkeys.COMMITTER], service)
-    app[appkeys.POSITIONS] = positions = PositionHub(pool, live)
+    app[appkeys.POSITIONS] = positions = PositionHub(
+        pool, live, stale_after_s=settings.max_position_age_s, announce=app[appkeys.COMMITTER].append_many)
     await positions.start()
     scheduler.start()
     try:

@@ -29,7 +29,7 @@ from icp import appkeys
 from icp.auth.guard import principal_for_bearer
 from icp.auth.principal import Principal, Role
 from icp.dispatch_service import may_dispatch
-from icp.errors import to_problem
+from icp.errors import FieldError, to_problem
 from icp.gateway import ops, protocol
 from icp.store import eventlog
 from icp.store.eventlog import RecordedEvent
@@ -45,7 +45,9 @@ class Connection:
     def __init__(self, app: web.Application, ws: web.WebSocketResponse) -> None:
         self.app = app
         self.ws = ws
-        self.session = protocol.Session(now=time.monotonic())
+        # 256 remembered answers bound a busy unit's session to ~35 KB; repeats beyond that are
+        # still answered from the server's idempotency record.
+        self.session = protocol.Session(now=time.monotonic(), max_answers=256)
         self.out: asyncio.Queue[dict[str, Any] | protocol.Close] = asyncio.Queue(SEND_QUEUE)
         self.who: Principal | None = None
         self.agencies: list[str] | None = None
@@ -73,6 +75,11 @@ class Connection:
                     self.perform(self.session.receive_text(msg.data, now))
                 elif msg.type == WSMsgType.BINARY:
                     self.perform(self.session.receive_binary(msg.data, now))
+                elif msg.type == WSMsgType.PING:  # clients may keep alive with WebSocket pings
+                    await self.ws.pong(msg.data)
+                    self.session.heard(now)
+                elif msg.type == WSMsgType.PONG:
+                    self.session.heard(now)
                 elif msg.type == WSMsgType.ERROR:
                     break
                 if self.closed:
@@ -147,6 +154,13 @@ class Connection:
 
     # -- hello ---------------------------------------------------------------------------------------
     async def _authenticate(self, hello: protocol.Authenticate) -> None:
+        try:
+            await self._hello(hello)
+        except Exception:  # the session must not wait forever for a verdict
+            log.exception("websocket authentication failed")
+            self.perform(self.session.close(1011, "internal error; reconnect"))
+
+    async def _hello(self, hello: protocol.Authenticate) -> None:
         app = self.app
         who = await principal_for_bearer(app, hello.token)
         if who is None:
@@ -258,7 +272,11 @@ class Connection:
                 result = await ops.execute(self.app, who, action.op, op_id, action.args)
         except Exception as exc:
             problem = to_problem(exc)
-            self.perform(self.session.op_error(action.id, problem.code, problem.detail, tuple(problem.errors)))
+            # The protocol's own vocabulary on the wire: field paths as pointers, one validation code.
+            code = "invalid_request" if problem.code in ("validation_failed", "invalid_event") else problem.code
+            errors = tuple(FieldError(e.field if e.field.startswith("/") else "/" + e.field.replace(".", "/"),
+                                      e.message) for e in problem.errors)
+            self.perform(self.session.op_error(action.id, code, problem.detail, errors))
             return
         self.perform(self.session.op_ok(action.id, result))
 
@@ -276,7 +294,7 @@ class Connection:
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     # Heartbeats are the protocol's (ping/pong frames); aiohttp's own stay off so there is one clock.
-    ws = web.WebSocketResponse(max_msg_size=protocol.MAX_FRAME_BYTES + 1024, heartbeat=None)
+    ws = web.WebSocketResponse(max_msg_size=protocol.MAX_FRAME_BYTES + 1024, heartbeat=None, autoping=False)
     await ws.prepare(request)
     registry = request.app[appkeys.WEBSOCKETS]
     registry.add(ws)

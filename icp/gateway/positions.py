@@ -10,6 +10,10 @@ a console on node B sees a unit connected to node A.
 Filtering, per unit: reports older than the last accepted one are ignored; more than one per
 ``min_interval_s`` is dropped (rate); a jump implying more than ``max_speed_mps`` is refused
 (GPS glitch); a time too far in the future is refused (a clock is wrong).
+
+Stale detection: a unit on duty whose last position is older than ``stale_after_s`` is announced
+once with a ``unit.position_stale`` event (a meaningful change, so it goes to the log); the node
+that claims the (unit, last fix) row announces it, so several nodes do not repeat it.
 """
 
 from __future__ import annotations
@@ -17,19 +21,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from dispatch.lifecycle import UnitStatus
 from geo.coords import Point, geodesic_m
 from icp.live import LivePicture
+from icp.store.eventlog import NewEvent
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[list[dict[str, Any]]], None]
+OFF_DUTY = frozenset({UnitStatus.OFF_DUTY, UnitStatus.OUT_OF_SERVICE})  # silent by design
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +61,14 @@ class Fix:
 class PositionHub:
     def __init__(self, pool: asyncpg.Pool, live: LivePicture, *, flush_interval_s: float = 0.25,
                  min_interval_s: float = 0.5, max_speed_mps: float = 90.0, max_future_s: float = 30.0,
-                 max_buffer: int = 100_000) -> None:
+                 max_buffer: int = 100_000, stale_after_s: float = 300.0, stale_check_s: float = 5.0,
+                 announce: Callable[[list[NewEvent]], Awaitable[Any]] | None = None) -> None:
         self._pool = pool
         self._live = live
+        self.stale_after_s = stale_after_s
+        self.stale_check_s = stale_check_s
+        self._announce = announce
+        self._next_stale_check = 0.0
         self.node = uuid.uuid4().hex[:12]
         self.flush_interval_s = flush_interval_s
         self.min_interval_s = min_interval_s
@@ -136,8 +149,33 @@ class PositionHub:
             try:
                 await self.flush()
                 await self._follow_others()
+                if self._announce is not None and time.monotonic() >= self._next_stale_check:
+                    self._next_stale_check = time.monotonic() + self.stale_check_s
+                    await self.announce_stale()
             except Exception as exc:  # the database may be away: keep the buffer, try again
                 log.debug("position flush failed: %s", exc)
+
+    async def announce_stale(self, now: datetime | None = None) -> list[str]:
+        """Announce the units (on duty, with a position) that went silent; return their ids."""
+        now = now or datetime.now(UTC)
+        cutoff = now - timedelta(seconds=self.stale_after_s)
+        silent = [u for u in self._live.state.units.values()
+                  if u.position_at is not None and u.position_at < cutoff and u.status not in OFF_DUTY]
+        if not silent or self._announce is None:
+            return []
+        rows = await self._pool.fetch(
+            "INSERT INTO position_stale (unit_id, position_at) SELECT * FROM unnest($1::text[], $2::timestamptz[])"
+            " ON CONFLICT (unit_id) DO UPDATE SET position_at = EXCLUDED.position_at, noted_at = now()"
+            " WHERE position_stale.position_at < EXCLUDED.position_at RETURNING unit_id",
+            [u.id for u in silent], [u.position_at for u in silent])
+        claimed = {r["unit_id"] for r in rows}
+        events = [NewEvent("unit.position_stale", f"unit/{u.id}", {
+            "unit_id": u.id, "call_sign": u.call_sign, "last_position_at": u.position_at.isoformat(),  # type: ignore[union-attr]
+            "age_s": round((now - u.position_at).total_seconds()),  # type: ignore[operator]
+        }, visibility=(u.agency_id,)) for u in silent if u.id in claimed]
+        if events:
+            await self._announce(events)
+        return sorted(claimed)
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from icp import appkeys
 from icp.app import create_app
 from icp.config import Settings
 from icp.gateway import handler
@@ -308,3 +309,16 @@ async def test_two_nodes_deliver_each_others_events_and_positions(with_roads, se
                 break
     for ws in (console_b, unit_a):
         await ws.ws.close()
+
+
+async def test_a_silent_unit_is_announced_stale_once(with_roads, client: TestClient, make_token) -> None:  # type: ignore[no-untyped-def]
+    city: City = await build_city(client, make_token)
+    await city.place("E3", {"lat": 60.1700, "lon": 24.9400}, age_s=3600)  # last heard an hour ago
+    hub = client.app[appkeys.POSITIONS]
+    first = await hub.announce_stale()
+    assert "E3" in first and "E1" not in first  # E1 reported just now
+    assert "E3" not in await hub.announce_stale()  # the same silence is announced once
+    await asyncio.sleep(0.7)
+    events = await city.call("GET", "/api/v1/events", params={"limit": "1000"})
+    stale = [e for e in events["events"] if e["type"] == "unit.position_stale" and e["data"]["unit_id"] == "E3"]
+    assert len(stale) == 1 and stale[0]["data"]["age_s"] >= 3600
