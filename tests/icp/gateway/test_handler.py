@@ -322,3 +322,29 @@ async def test_a_silent_unit_is_announced_stale_once(with_roads, client: TestCli
     events = await city.call("GET", "/api/v1/events", params={"limit": "1000"})
     stale = [e for e in events["events"] if e["type"] == "unit.position_stale" and e["data"]["unit_id"] == "E3"]
     assert len(stale) == 1 and stale[0]["data"]["age_s"] >= 3600
+
+
+@pytest.mark.slow
+async def test_two_server_processes_on_one_database(db_url: str, make_token) -> None:  # type: ignore[no-untyped-def]
+    """An event committed through one `icp serve` process reaches a client of another."""
+    from tests.process import free_port, icp_env, serving
+
+    admin = await make_token("admin")
+    env = icp_env(ICP_DATABASE_URL=db_url)
+    port_a, port_b = free_port(), free_port()
+    with serving(env, port_a), serving(env, port_b):
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(f"http://127.0.0.1:{port_b}/ws")
+            await ws.send_json({"op": "hello", "token": admin})
+            assert (await ws.receive_json(timeout=10))["op"] == "welcome"
+            async with http.post(f"http://127.0.0.1:{port_a}/api/v1/agencies", json={
+                    "id": "far-fire", "name": "Far Fire", "kind": "fire"},
+                    headers={"Authorization": f"Bearer {admin}"}) as r:
+                assert r.status == 201
+            async with asyncio.timeout(10):
+                while True:
+                    frame = await ws.receive_json()
+                    if frame["op"] == "event" and frame["type"] == "agency.saved":
+                        break
+            assert frame["data"]["agency"]["id"] == "far-fire"
+            await ws.close()
