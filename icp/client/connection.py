@@ -222,6 +222,7 @@ class Connection:
         self._link = 0  # counts links that reached welcome; an op remembers the last it was sent on
         self._ready = False  # the queue has gone out on this link: new operations are sent directly
         self._relinking = False
+        self._restoring: set[str] = set()  # sticky ops of this link not answered yet
         self._send_lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._fatal: BaseException | None = None
@@ -258,8 +259,8 @@ class Connection:
 
     @property
     def connected(self) -> bool:
-        """A link is up and has been welcomed."""
-        return self._ws is not None and self.session is not None
+        """A link is up, welcomed, and its sticky operations (subscriptions) are answered."""
+        return self._ws is not None and self.session is not None and not self._restoring
 
     @property
     def pending(self) -> int:
@@ -351,6 +352,13 @@ class Connection:
             if self._pending.get(op_id) is pending:
                 del self._pending[op_id]
 
+    async def ping(self, timeout: float | None = 10.0) -> float:
+        """Round-trip time to the server in seconds, over the protocol (not WebSocket) ping."""
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        await self.request("ping", timeout=timeout)
+        return loop.time() - sent
+
     # -- the link --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -404,7 +412,9 @@ class Connection:
             # Pipelined behind the hello, the server runs them right after welcome: subscriptions
             # are in place before the first live event.
             for op, fields in self._sticky.items():
-                await ws.send(_encode({"op": op, "id": uuid.uuid4().hex, **fields}))
+                op_id = uuid.uuid4().hex
+                self._restoring.add(op_id)
+                await ws.send(_encode({"op": op, "id": op_id, **fields}))
             async with asyncio.timeout(opts.open_timeout):
                 welcome = await self._welcome(ws, end)
             end.welcomed = True
@@ -421,6 +431,7 @@ class Connection:
             pass  # how it ended is read from the close frame below
         finally:
             self._ws, self.session, self._ready = None, None, False
+            self._restoring.clear()
             await ws.close()
             end.relink, self._relinking = self._relinking, False
         rcvd = ws.protocol.close_rcvd
@@ -486,7 +497,10 @@ class Connection:
         elif op == "resync":
             if isinstance(frame.get("seq"), int):
                 self._deliver(Resync(str(frame.get("reason", "")), frame["seq"]), frame["seq"], always=True)
-        elif op != "pong":
+        elif op == "pong":
+            if frame.get("ref") is not None:
+                self._answer({**frame, "op": "ok"})  # the answer to our `ping` op
+        else:
             log.debug("ignored a %r frame", op)  # newer servers may say more than this client knows
 
     def _deliver(self, item: Item, seq: int, *, always: bool = False) -> None:
@@ -502,9 +516,16 @@ class Connection:
         if frame.get("code") == IN_PROGRESS:
             return  # a resent op still executing from before the reconnect: its answer follows
         ref = frame.get("ref")
+        if ref in self._restoring:
+            self._restoring.discard(ref)
+            if frame.get("op") == "error":
+                log.warning("restoring the session failed: %s: %s", frame.get("code"), frame.get("message"))
+            if not self._restoring:
+                self._changed.set()
+            return
         pending = self._pending.pop(ref, None) if isinstance(ref, str) else None
         if pending is None or pending.future.done():
-            if frame.get("op") == "error":  # to a repeated sticky op, or to something we cannot place
+            if frame.get("op") == "error":  # about a frame, or to something we cannot place
                 log.warning("server error %s: %s", frame.get("code"), frame.get("message"))
             return
         if frame.get("op") == "ok":

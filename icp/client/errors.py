@@ -32,11 +32,19 @@ class OpError(ClientError):
 
     @property
     def retryable(self) -> bool:
-        """The server applied nothing and asks to try again later with the same id (``op_id=ref``)."""
-        return self.code in RETRYABLE
+        """Worth sending again later with the same id (``op_id=ref``): the server says so
+        (``rate_limited``, ``internal_error``), or the code is one this client does not know, which
+        the protocol asks clients to treat the same way. The id still guards against a second
+        application."""
+        return self.code not in FINAL
 
 
-RETRYABLE = frozenset({"rate_limited", "internal_error"})
+# Error codes of protocol v1 whose answer will not change if the op is sent again.
+FINAL = frozenset({
+    "hello_expected", "unauthorized", "unsupported_protocol", "invalid_json", "not_an_object", "too_large",
+    "binary_unsupported", "unknown_op", "invalid_request", "forbidden", "not_found", "conflict",
+    "unit_unavailable", "illegal_transition", "unsupported",
+})
 
 
 class OpTimeout(ClientError, TimeoutError):

@@ -9,6 +9,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from icp.client import Event
+from tests.icp.test_dispatch_api import City
+
 
 class FlakyLink:
     """A TCP proxy on loopback standing in for a mobile link: a test can cut it (both ends see a
@@ -107,3 +110,18 @@ async def running(coro: Awaitable[Any]) -> AsyncIterator[asyncio.Task[Any]]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def unit_token(city: City, unit_id: str, agency: str) -> str:
+    """A token bound to a unit, minted over REST as the simulator does."""
+    issued = await city.call("POST", "/api/v1/tokens", json={"role": "unit", "agency": agency, "unit": unit_id})
+    return str(issued["token"])
+
+
+async def next_event(items: AsyncIterator[Any], wanted: Callable[[Event], bool], timeout: float = 10.0) -> Event:
+    """The next `Event` from ``items`` for which ``wanted`` holds (others are skipped)."""
+    async with asyncio.timeout(timeout):
+        async for item in items:
+            if isinstance(item, Event) and wanted(item):
+                return item
+    raise AssertionError("the stream ended")
