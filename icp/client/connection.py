@@ -22,7 +22,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -250,7 +250,7 @@ class Connection:
             side.cancel()
         self._finish(ClientClosed("the client was closed"))
 
-    async def __aenter__(self) -> Connection:
+    async def __aenter__(self) -> Self:
         self.start()
         return self
 

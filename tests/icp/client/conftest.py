@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.icp.client.support import FlakyLink
@@ -13,7 +14,7 @@ from tests.icp.test_dispatch_api import City, build_city
 
 
 @pytest.fixture
-async def link(client: TestClient) -> AsyncIterator[FlakyLink]:
+async def link(client: TestClient[web.Request, web.Application]) -> AsyncIterator[FlakyLink]:
     assert client.server.port is not None
     proxy = FlakyLink("127.0.0.1", client.server.port)
     await proxy.start()
@@ -22,5 +23,5 @@ async def link(client: TestClient) -> AsyncIterator[FlakyLink]:
 
 
 @pytest.fixture
-async def city(with_roads: None, client: TestClient, make_token: Any) -> City:
+async def city(with_roads: None, client: TestClient[web.Request, web.Application], make_token: Any) -> City:
     return await build_city(client, make_token)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from icp.client import Event
@@ -86,7 +87,7 @@ class FlakyLink:
             writer.transport.abort()
 
 
-def ws_url(client: TestClient) -> str:
+def ws_url(client: TestClient[web.Request, web.Application]) -> str:
     return str(client.make_url("/ws")).replace("http://", "ws://", 1)
 
 
@@ -101,7 +102,7 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
 
 
 @contextlib.asynccontextmanager
-async def running(coro: Awaitable[Any]) -> AsyncIterator[asyncio.Task[Any]]:
+async def running(coro: Coroutine[Any, Any, Any]) -> AsyncIterator[asyncio.Task[Any]]:
     """Run ``coro`` as a task for the block; cancel and await it after."""
     task = asyncio.create_task(coro)
     try:

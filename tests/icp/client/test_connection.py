@@ -18,6 +18,7 @@ from icp.client import (
     OpError,
     OpTimeout,
     QueueFull,
+    Resync,
     Unauthorized,
     http_url,
     websocket_url,
@@ -213,3 +214,31 @@ async def test_an_operation_error_is_raised_with_its_code(city: City) -> None:
         with pytest.raises(OpError) as info:
             await console.add_note("no-such-incident", "hello")
         assert info.value.code == "not_found" and info.value.message
+
+
+async def test_a_gap_too_old_to_replay_is_a_resync_then_the_stream_goes_on(city: City,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from icp.gateway import handler
+
+    monkeypatch.setattr(handler, "MAX_REPLAY_EVENTS", 3)  # the server's setting, made small
+    incident = await city.incident()
+    async with Connection(ws_url(city.client), city.admin) as probe:
+        await probe.wait_connected(5)
+        head = probe.last_seq
+        assert head is not None and head > 5
+    async with Connection(ws_url(city.client), city.admin, resume_from=head - 5) as conn:
+        items = conn.events()
+        async with asyncio.timeout(5):
+            first = await anext(items)
+        assert isinstance(first, Resync) and first.seq == head and first.reason
+        assert conn.last_seq == head
+        await city.call("POST", f"/api/v1/incidents/{incident['id']}/notes", json={"text": "after the resync"})
+        async with asyncio.timeout(5):
+            after = await anext(items)
+        assert isinstance(after, Event) and after.seq > head and after.type == "incident.note_added"
+
+
+async def test_ping_measures_the_round_trip(city: City) -> None:
+    async with Connection(ws_url(city.client), city.admin) as conn:
+        rtt = await conn.ping()
+        assert 0 < rtt < 5
