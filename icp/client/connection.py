@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
 
 from icp.client.errors import ClientClosed, ClientError, OpError, OpTimeout, QueueFull, Unauthorized
 
@@ -194,7 +195,8 @@ class ConnectionOptions:
     max_frame: int = MAX_FRAME
     open_timeout: float = 10.0
     ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
+    ping_timeout: float | None = 20.0  # WebSocket keepalive: a link silent this long after a ping is dead
+    close_timeout: float = 2.0
     proxy: str | Literal[True] | None = True  # True: the websockets default (proxy from the environment)
     client: Mapping[str, Any] = field(default_factory=lambda: {"sdk": "icp.client"})  # told in hello
 
@@ -391,7 +393,8 @@ class Connection:
         opts, end = self.options, _LinkEnd()
         try:
             ws = await connect(self.url, open_timeout=opts.open_timeout, ping_interval=opts.ping_interval,
-                               ping_timeout=opts.ping_timeout, max_size=opts.max_frame, compression=None,
+                               ping_timeout=opts.ping_timeout, close_timeout=opts.close_timeout,
+                               max_size=opts.max_frame, compression=None,
                                proxy=opts.proxy)
         except InvalidStatus as exc:
             if exc.response.status_code in (401, 403):
@@ -432,7 +435,12 @@ class Connection:
         finally:
             self._ws, self.session, self._ready = None, None, False
             self._restoring.clear()
-            await ws.close()
+            if ws.state is State.CLOSED:
+                # The closing handshake is over; on a link that died quietly, waiting for TCP to
+                # wind down would hold up the reconnect for close_timeout.
+                ws.transport.abort()
+            else:
+                await ws.close()  # we are leaving (closed or cancelled): say so, within close_timeout
             end.relink, self._relinking = self._relinking, False
         rcvd = ws.protocol.close_rcvd
         end.code = rcvd.code if rcvd is not None else None

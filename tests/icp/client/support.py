@@ -25,6 +25,7 @@ class FlakyLink:
         self._tasks: set[asyncio.Task[None]] = set()
         self.is_down = False
         self.swallowing = False  # server → client bytes are dropped (answers lost in flight)
+        self._frozen: set[asyncio.StreamWriter] = set()  # connections that silently carry nothing
         self.accepted = 0  # connections let through
 
     @property
@@ -49,6 +50,11 @@ class FlakyLink:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+
+    def freeze(self) -> None:
+        """Let the current connections go silent without closing, as a mobile link that died
+        quietly does; new connections work."""
+        self._frozen |= self._writers
 
     def down(self) -> None:
         self.is_down = True
@@ -76,7 +82,7 @@ class FlakyLink:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool) -> None:
         try:
             while data := await reader.read(65536):
-                if not upstream and self.swallowing:
+                if (not upstream and self.swallowing) or writer in self._frozen:
                     continue
                 writer.write(data)
                 await writer.drain()
@@ -84,6 +90,7 @@ class FlakyLink:
             pass
         finally:
             self._writers.discard(writer)
+            self._frozen.discard(writer)
             writer.transport.abort()
 
 

@@ -136,6 +136,24 @@ async def test_a_slow_consumer_costs_a_replay_not_an_event(city: City) -> None:
         assert conn.reconnects >= 1, "it relinked to catch up"
 
 
+async def test_a_link_that_dies_silently_is_detected_and_replaced(city: City, link: FlakyLink) -> None:
+    async with Connection(link.url, city.admin, backoff=FAST, ping_interval=0.3, ping_timeout=0.6) as conn:
+        await conn.wait_connected(5)
+        await asyncio.sleep(1.5)
+        assert conn.reconnects == 0, "the server answers WebSocket pings: a live link is kept"
+        link.freeze()
+        await eventually(lambda: _relinked(conn), timeout=5)
+        incident = await city.incident()
+        async with asyncio.timeout(5):
+            async for item in conn.events():
+                if isinstance(item, Event) and item.subject == f"incident/{incident['id']}":
+                    break
+
+
+async def _relinked(conn: Connection) -> bool:
+    return conn.reconnects >= 1 and conn.connected
+
+
 async def test_a_refused_token_raises_and_is_not_retried(client: Any, link: FlakyLink) -> None:
     async with Connection(link.url, "icp_not-a-token", backoff=FAST) as conn:
         with pytest.raises(Unauthorized):
