@@ -352,12 +352,13 @@ class SimulatedUnit:
 
 async def simulate(url: str, token: str, units: int, *, seed: int = 0, speed_factor: float = 1.0,
                    duration: float | None = None, report_every_s: float = 3.0,
-                   timing: CrewTiming | None = None) -> SimulationStats:
+                   timing: CrewTiming | None = None, stats: SimulationStats | None = None) -> SimulationStats:
     """Drive up to ``units`` of the server's units (in id order) until ``duration`` seconds have
-    passed (None: until cancelled). ``url`` is the server's HTTP base; ``token`` an administrator's."""
+    passed (None: until cancelled). ``url`` is the server's HTTP base; ``token`` an administrator's.
+    Pass ``stats`` to read the counters while it runs or after it was cancelled."""
     if units < 1 or speed_factor <= 0 or report_every_s <= 0:
         raise ValueError("units, speed_factor and report_every_s must be positive")
-    stats, base = SimulationStats(), http_url(url)
+    stats, base = stats if stats is not None else SimulationStats(), http_url(url)
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as session:
         api = _Api(session, base)

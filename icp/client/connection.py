@@ -270,7 +270,8 @@ class Connection:
         return len(self._pending)
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until a link is welcomed; raises `Unauthorized` (or `ClientClosed`) instead if it never will be."""
+        """Wait until a link is welcomed and its subscriptions restored; raises `Unauthorized` (or
+        `ClientClosed`) instead if it never will be."""
         async with asyncio.timeout(timeout):
             while not self.connected:
                 if self._fatal is not None:

@@ -27,10 +27,15 @@ class FieldUnitClient(Connection):
 
     ``unit_id`` is needed only to filter `assignments`; it defaults to the unit the server names in
     ``welcome`` (``principal.unit``), if it names one.
+
+    Operations wait in the offline queue until they are answered (``request_timeout`` None), since
+    a crew's acknowledgement must survive a tunnel; positions are the exception (`send_position`).
     """
 
     def __init__(self, url: str, token: str, *, unit_id: str | None = None,
                  options: ConnectionOptions | None = None, **overrides: Any) -> None:
+        if options is None:
+            overrides.setdefault("request_timeout", None)
         super().__init__(url, token, options, **overrides)
         self._unit_id = unit_id
 
