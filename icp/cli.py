@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -179,6 +181,21 @@ def cmd_areas_import(args: argparse.Namespace) -> int:
     return _with_database(args, action)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from icp.simulate import simulate
+
+    async def run() -> int:
+        stats = await simulate(args.url, args.token, args.units, seed=args.seed, speed_factor=args.speed,
+                               duration=args.duration)
+        print(json.dumps(dataclasses.asdict(stats)))
+        return EXIT_OK
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 def cmd_db_url(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.database_url:
@@ -286,6 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repair invalid (e.g. self-intersecting) polygons instead of refusing them; "
                    "each repair is reported")
     p.set_defaults(func=cmd_areas_import)
+
+    p = sub.add_parser(
+        "simulate", help="drive the server's units with simulated field crews",
+        description="Connect N simulated field units to a running server: they report positions while "
+        "moving along real roads, acknowledge assignments, drive there, arrive and clear. The token must be "
+        "an administrator's (the simulator mints a unit token for each unit).")
+    p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8080")
+    p.add_argument("--token", required=True, help="an administrator's bearer token")
+    p.add_argument("--units", type=int, default=10, help="how many units to drive (in id order)")
+    p.add_argument("--seed", type=int, default=0, help="makes the crews' choices repeatable")
+    p.add_argument("--speed", type=float, default=1.0, help="time factor (2 = twice as fast as real time)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.set_defaults(func=cmd_simulate)
 
     db = sub.add_parser("db", help="the database", description="Database information.")
     db_sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -17,7 +17,7 @@ from tests.process import free_port, icp_env, run_icp, serving
 
 COMMANDS = [
     ["serve"], ["migrate"], ["token", "create"], ["token", "revoke"], ["user", "create"],
-    ["audit", "verify"], ["db", "url"],
+    ["audit", "verify"], ["db", "url"], ["roads", "import"], ["areas", "import"], ["simulate"],
 ]
 
 
@@ -32,9 +32,12 @@ def test_parser_knows_every_fixed_command() -> None:
     parser = build_parser()
     for command in COMMANDS:
         args = {"serve": [], "migrate": [], "create": ["--role", "admin", "--username", "u"],
-                "revoke": ["1"], "verify": [], "url": []}[command[-1]]
+                "revoke": ["1"], "verify": [], "url": [], "simulate": ["--url", "http://x", "--token", "t"]}.get(
+                    command[-1], [])
         if command[0] == "token" and command[-1] == "create":
             args = ["--role", "admin"]
+        if command[-1] == "import":
+            args = ["file"] + (["--agency", "a", "--kind", "zone"] if command[0] == "areas" else [])
         assert parser.parse_args([*command, *args]).func
 
 
