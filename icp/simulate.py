@@ -33,6 +33,7 @@ log = logging.getLogger("icp.simulate")
 METRES_PER_DEGREE = 111_320.0
 FALLBACK_SPEED_MPS = 8.0  # when a route carries no usable time
 MAX_JOBS = 8  # assignments waiting for a busy unit
+CRUISE_TRIES = 3
 MAX_REMEMBERED = 256  # assignment ids remembered per unit (taken, cancelled)
 MIN_REPORT_GAP_S = 0.5  # the server's default rate limit per unit
 
@@ -132,7 +133,7 @@ class _Api:
             feature = await self.call("GET", "/api/v1/geo/route", params={
                 "from": f"{start.lat},{start.lon}", "to": f"{end.lat},{end.lon}"})
         except ClientError as exc:
-            log.info("no route from %s to %s: %s", start, end, exc)
+            log.debug("no route from %s to %s: %s", start, end, exc)
             return None
         return Route.from_feature(feature)
 
@@ -231,11 +232,15 @@ class SimulatedUnit:
     async def _idle(self) -> None:
         t = self._timing
         if self._rng.random() < t.cruise_share:
-            destination = offset(self.home, self._rng.uniform(*t.cruise_m), self._rng.uniform(0.0, 360.0))
-            route = await self._route(destination)
-            if route is not None:
-                await self._drive(route, None)
-                return
+            distance = self._rng.uniform(*t.cruise_m)
+            # A random point may lie in water or beyond the road network: try nearer ones.
+            for _ in range(CRUISE_TRIES):
+                destination = offset(self.home, distance, self._rng.uniform(0.0, 360.0))
+                route = await self._route(destination)
+                if route is not None:
+                    await self._drive(route, None)
+                    return
+                distance /= 2
         await self._stay(self._rng.uniform(*t.park_s), None)
 
     async def _work(self, job: _Job) -> None:
@@ -256,7 +261,9 @@ class SimulatedUnit:
                 incident = await self._api.call("GET", f"/api/v1/incidents/{job.incident}")
                 target = Point(lat=float(incident["location"]["lat"]), lon=float(incident["location"]["lon"]))
                 route = await self._route(target)
-                if route is not None and not await self._drive(route, job):
+                if route is None:
+                    log.warning("unit %s has no road route to incident %s; it reports on scene", self.id, job.incident)
+                elif not await self._drive(route, job):
                     return
                 await c.on_scene(job.assignment)
                 s.on_scene += 1

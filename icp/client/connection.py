@@ -36,6 +36,7 @@ log = logging.getLogger("icp.client")
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
 CLOSE_TOO_SLOW = 4008
 CLOSE_BAD_HELLO = 4400
 CLOSE_UNAUTHORIZED = 4401
@@ -377,8 +378,8 @@ class Connection:
                     raise ClientError(f"the server refused the hello: {end.message or 'bad hello (4400)'}")
                 if end.welcomed:
                     failures = 0
-                # A policy close means this client misbehaved: come back, but not soon.
-                failures = 64 if end.code == CLOSE_POLICY else failures
+                # Closed for what this client sent: come back, but not soon.
+                failures = 64 if end.code in (CLOSE_POLICY, CLOSE_TOO_BIG) else failures
                 delay = self.options.backoff.delay(failures, self._rng)
                 failures += 1
                 log.info("link to %s lost (code %s); reconnecting in %.2f s", self.url, end.code, delay)
