@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -182,18 +183,14 @@ def cmd_areas_import(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from icp.simulate import simulate
+    from icp.simulate import SimulationStats, simulate
 
-    async def run() -> int:
-        stats = await simulate(args.url, args.token, args.units, seed=args.seed, speed_factor=args.speed,
-                               duration=args.duration)
-        print(json.dumps(dataclasses.asdict(stats)))
-        return EXIT_OK
-
-    try:
-        return asyncio.run(run())
-    except KeyboardInterrupt:
-        return EXIT_OK
+    stats = SimulationStats()  # read after Ctrl-C too
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(simulate(args.url, args.token, args.units, seed=args.seed, speed_factor=args.speed,
+                             duration=args.duration, stats=stats))
+    print(json.dumps(dataclasses.asdict(stats)))
+    return EXIT_OK
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
