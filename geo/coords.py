@@ -108,3 +108,12 @@ class Point:
 def geodesic_m(a: Point, b: Point) -> float:
     """Geodesic distance in metres on the WGS 84 ellipsoid (geopy, Karney's algorithm)."""
     return float(geodesic((a.lat, a.lon), (b.lat, b.lon)).meters)
+
+
+def haversine_m(a: Point, b: Point) -> float:
+    """Great-circle distance in metres on a sphere of mean Earth radius: within about 0.5% of
+    `geodesic_m` and some fifty times cheaper, for plausibility checks on streams of positions."""
+    lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
+    dlat, dlon = lat2 - lat1, math.radians(b.lon - a.lon)
+    h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))

@@ -224,6 +224,7 @@ class DispatchService:
 
     async def recommend(self, incident_id: str, *, now: datetime | None = None) -> Recommendation:
         """From the live picture (no database): run off the loop, it is CPU work."""
+        self.live.pending_positions()
         state = self.live.state
         incident = state.incident(incident_id)
         return await asyncio.to_thread(
@@ -232,6 +233,7 @@ class DispatchService:
         )
 
     def replacement(self, assignment_id: str, now: datetime) -> str | None:
+        self.live.pending_positions()
         state = self.live.state
         if assignment_id not in state.assignments:
             return None

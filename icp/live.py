@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -45,6 +45,8 @@ class LivePicture:
         self._pool: asyncpg.Pool | None = None
         self._rebuilding: asyncio.Task[None] | None = None
         self._buffer: list[RecordedEvent] | None = None
+        # Set by the position hub: folds accepted fixes into `state` (they are batched).
+        self.pending_positions: Callable[[], None] = lambda: None
 
     async def rebuild(self, pool: asyncpg.Pool) -> None:
         """Load the picture from one consistent snapshot, remembering the log seq it reflects;

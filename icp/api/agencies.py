@@ -199,6 +199,7 @@ def unit_view(unit: Unit) -> dict[str, Any]:
 @require(Role.DISPATCHER)
 async def list_units(request: web.Request) -> web.Response:
     live = request.app[appkeys.LIVE]
+    live.pending_positions()
     who = principal(request)
     agency, status = request.query.get("agency"), request.query.get("status")
     units = [u for u in live.state.units.values()
@@ -228,6 +229,7 @@ async def create_unit(request: web.Request) -> web.Response:
 
 def _visible_unit(request: web.Request) -> Unit:
     live = request.app[appkeys.LIVE]
+    live.pending_positions()
     unit = live.state.units.get(request.match_info["id"])
     if unit is None or not sees_unit(principal(request), unit, live.state.agencies):
         raise not_found(f"unit {request.match_info['id']}")

@@ -35,6 +35,24 @@ from icp.store import eventlog
 from icp.store.eventlog import RecordedEvent
 
 SEND_QUEUE = 2000
+ENCODED_CACHE = 4096  # recent event frames, encoded once for every connection that sends them
+# Per app: a seq names one event only within one log.
+EVENT_TEXT = web.AppKey("event_text", dict)
+
+
+def event_text(cache: dict[int, str], event: RecordedEvent) -> str:
+    """An event's frame as JSON text, encoded once however many connections send it."""
+    text = cache.get(event.seq)
+    if text is None:
+        if len(cache) >= ENCODED_CACHE:
+            for seq in list(cache)[: ENCODED_CACHE // 2]:  # drop the older half (insertion order)
+                del cache[seq]
+        text = cache[event.seq] = _dumps(protocol.event_frame(event.to_wire()))
+    return text
+
+
+def _dumps(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
 MAX_REPLAY_EVENTS = 100_000
 POSITIONS_EVERY_S = 0.25
 TICK_S = 1.0
@@ -48,9 +66,10 @@ class Connection:
         # 256 remembered answers bound a busy unit's session to ~35 KB; repeats beyond that are
         # still answered from the server's idempotency record.
         self.session = protocol.Session(now=time.monotonic(), max_answers=256)
-        self.out: asyncio.Queue[dict[str, Any] | protocol.Close] = asyncio.Queue(SEND_QUEUE)
+        self.out: asyncio.Queue[dict[str, Any] | str | protocol.Close] = asyncio.Queue(SEND_QUEUE)
         self.who: Principal | None = None
         self.agencies: list[str] | None = None
+        self.agency_set: frozenset[str] | None = None
         self.unit_incidents: set[str] = set()
         self.topics: set[str] = {"events"}
         self.last_seq = 0
@@ -105,7 +124,7 @@ class Connection:
                 return
             if self.ws.closed:
                 return
-            await self.ws.send_str(json.dumps(item, separators=(",", ":"), ensure_ascii=False, default=str))
+            await self.ws.send_str(item if isinstance(item, str) else _dumps(item))
 
     async def _tick_loop(self) -> None:
         while True:
@@ -133,7 +152,7 @@ class Connection:
                     self._spawn(self._op_loop())
                 self.ops.put_nowait(action)
 
-    def send(self, frame: dict[str, Any]) -> None:
+    def send(self, frame: dict[str, Any] | str) -> None:
         if self.closed:
             return
         try:
@@ -167,6 +186,7 @@ class Connection:
             self.perform(self.session.auth_failed())
             return
         self.who, self.agencies = who, who.visible_agencies()
+        self.agency_set = frozenset(self.agencies) if self.agencies is not None else None
         if who.role is Role.UNIT and who.unit:
             rows = await app[appkeys.POOL].fetch("SELECT DISTINCT incident_id FROM assignments WHERE unit_id = $1",
                                                  who.unit)
@@ -194,7 +214,7 @@ class Connection:
                 if event.seq > upto:
                     break
                 if self._visible(event):
-                    self.send(protocol.event_frame(event.to_wire()))
+                    self.send(event_text(self.app[EVENT_TEXT], event))
                 last = event.seq
             if len(rows) < page or (rows and rows[-1].seq >= upto):
                 break
@@ -213,14 +233,14 @@ class Connection:
                 continue
             self.last_seq = event.seq
             if self._visible(event) and self._subscribed(event):
-                self.send(protocol.event_frame(event.to_wire()))
+                self.send(event_text(self.app[EVENT_TEXT], event))
 
     def _visible(self, event: RecordedEvent) -> bool:
         who = self.who
         if who is None:
             return False
-        if self.agencies is not None and not any(v == eventlog.PUBLIC or v in self.agencies
-                                                 for v in event.visibility):
+        allowed = self.agency_set
+        if allowed is not None and eventlog.PUBLIC not in event.visibility and allowed.isdisjoint(event.visibility):
             return False
         if who.role is not Role.UNIT:
             return True
@@ -308,4 +328,5 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 def setup(app: web.Application) -> None:
+    app[EVENT_TEXT] = {}
     app.router.add_get("/ws", websocket)

@@ -24,14 +24,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from dispatch.lifecycle import UnitStatus
-from geo.coords import Point, geodesic_m
+from geo.coords import Point, haversine_m
 from icp.live import LivePicture
 from icp.store.eventlog import NewEvent
 
@@ -76,6 +76,10 @@ class PositionHub:
         self.max_future_s = max_future_s
         self.max_buffer = max_buffer
         self._last: dict[str, Fix] = {}
+        # Fixes not yet in the live picture: applied together every flush, because each change of
+        # the picture copies its units mapping (O(fleet)), which per fix would cap ingest.
+        self._to_picture: dict[str, Fix] = {}
+        live.pending_positions = self.apply_to_picture  # readers of positions see every accepted fix
         self._pending: list[Fix] = []
         self._subscribers: list[Subscriber] = []
         self._seen_id = 0
@@ -95,7 +99,7 @@ class PositionHub:
                 return self._no("older than the last accepted position")
             if elapsed < self.min_interval_s:
                 return self._no("more often than allowed")
-            moved = geodesic_m(Point(last.lat, last.lon), Point(fix.lat, fix.lon))
+            moved = haversine_m(Point(last.lat, last.lon), Point(fix.lat, fix.lon))
             if moved / elapsed > self.max_speed_mps:
                 return self._no(f"an impossible jump ({moved:.0f} m in {elapsed:.1f} s)")
         if len(self._pending) >= self.max_buffer:
@@ -117,8 +121,7 @@ class PositionHub:
 
     def _accept(self, fix: Fix) -> None:
         self._last[fix.unit_id] = fix
-        if fix.unit_id in self._live.state.units:
-            self._live.state = self._live.state.with_unit_position(fix.unit_id, Point(fix.lat, fix.lon), fix.at)
+        self._to_picture[fix.unit_id] = fix
         batch = [fix.to_wire()]
         for subscriber in list(self._subscribers):
             try:
@@ -143,9 +146,23 @@ class PositionHub:
         with contextlib.suppress(Exception):
             await self.flush()  # nothing accepted is dropped on a clean stop
 
+    def apply_to_picture(self) -> None:
+        """Put the accepted fixes into the live picture (one copy of the units for all of them)."""
+        if not self._to_picture:
+            return
+        pending, self._to_picture = self._to_picture, {}
+        state = self._live.state
+        units = dict(state.units)
+        for unit_id, fix in pending.items():
+            unit = units.get(unit_id)
+            if unit is not None and (unit.position_at is None or unit.position_at < fix.at):
+                units[unit_id] = unit.with_position(Point(fix.lat, fix.lon), fix.at)
+        self._live.state = replace(state, units=units)
+
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval_s)
+            self.apply_to_picture()
             try:
                 await self.flush()
                 await self._follow_others()

@@ -79,3 +79,13 @@ def test_lonlat_written_as_latlon_is_caught_when_out_of_range() -> None:
 def test_geodesic_helsinki_to_tallinn() -> None:
     d = geodesic_m(Point(lat=60.1699, lon=24.9384), Point(lat=59.4370, lon=24.7536))
     assert 81_500 < d < 82_500
+
+
+def test_haversine_is_the_fast_close_approximation_of_the_geodesic() -> None:
+    from geo.coords import geodesic_m, haversine_m
+
+    pairs = [(Point(60.17, 24.94), Point(60.18, 24.96)), (Point(0, 0), Point(0, 1)),
+             (Point(-33.9, 151.2), Point(51.5, -0.1)), (Point(10, 10), Point(10, 10))]
+    for a, b in pairs:
+        exact = geodesic_m(a, b)
+        assert abs(haversine_m(a, b) - exact) <= 0.006 * exact + 1e-9
