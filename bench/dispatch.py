@@ -19,13 +19,8 @@ import asyncio
 import json
 import os
 import random
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +30,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import Api, Server, gather_limited
 from dispatch.intervals import percentile
 from geo.synthetic_city import CityPlan, synthetic_city
 from icp.geography import install_network
@@ -44,35 +40,6 @@ CAPABILITY_MIX = [["ENGINE"]] * 6 + [["LADDER"]] + [["BLS"]] * 5 + [["ALS", "BLS
 AGENCY_OF = {"ENGINE": "fire", "LADDER": "fire", "RESCUE": "fire", "COMMAND": "fire", "TANKER": "fire",
              "HAZMAT": "fire", "BLS": "ems", "ALS": "ems", "PATROL": "police", "UTILITY": "utility"}
 INCIDENT_TYPES = ["structure_fire", "medical_emergency", "cardiac_arrest", "traffic_collision", "gunshot"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-
-class Api:
-    def __init__(self, http: aiohttp.ClientSession, base: str, token: str) -> None:
-        self.http, self.base, self.headers = http, base, {"Authorization": f"Bearer {token}"}
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        async with self.http.request(method, self.base + path, json=body, headers=self.headers) as r:
-            payload = await r.json(content_type=None)
-            if r.status >= 300:
-                raise RuntimeError(f"{method} {path}: {r.status} {payload}")
-            return payload
-
-
-async def gather_limited(n: int, coros: list[Any]) -> list[Any]:
-    gate = asyncio.Semaphore(n)
-
-    async def run(c: Any) -> Any:
-        async with gate:
-            return await c
-
-    return await asyncio.gather(*(run(c) for c in coros))
 
 
 async def run(base: str, token: str, net: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -155,36 +122,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
-    data = Path(tempfile.mkdtemp(prefix="icp-bench-dispatch-"))
-    data.chmod(0o755)
     net = synthetic_city(CityPlan.for_nodes(args.nodes, seed=args.seed))
-    install_network(net, data, source=f"synthetic-{args.nodes}")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICP_")}
-    env |= {"ICP_DATA_DIR": str(data), "ICP_PORT": str(port), "ICP_MAX_POSITION_AGE_S": "86400",
-            "ICP_LOG_LEVEL": "WARNING"}
-    icp = [sys.executable, "-m", "icp.cli"]
-    server = subprocess.Popen([*icp, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if server.poll() is not None:
-                    raise SystemExit(f"icp serve exited: {server.stderr.read() if server.stderr else ''}") from None
-                time.sleep(0.1)
-        token = subprocess.run([*icp, "token", "create", "--role", "admin", "--name", "bench"], env=env,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        figures = asyncio.run(run(base, token, net, args))
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        shutil.rmtree(data, ignore_errors=True)
+    with Server("dispatch", settings={"ICP_MAX_POSITION_AGE_S": "86400"},
+                prepare=lambda data: install_network(net, data, source=f"synthetic-{args.nodes}")) as server:
+        figures = asyncio.run(run(server.base, server.admin, net, args))
     result = {
         "benchmark": "dispatch",
         "city": {"junctions": net.node_count, "links": net.link_count, "units": args.units,

@@ -33,18 +33,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import platform
 import resource
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,33 +49,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.dispatch import Api, free_port, gather_limited
+from bench.common import Api, Server, gather_limited
 from dispatch.intervals import percentile
 
 WORKER = Path(__file__).resolve().with_name("gateway_worker.py")
 AGENCY = "bench"
 CITY = (60.15, 24.90)  # where incidents open
 TARGETS = {"memory_per_connection_kib": 30, "positions_per_s": 20_000, "fanout_p99_ms": 250, "dispatch_p99_ms": 50}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def server_preexec(nofile: int) -> Callable[[], None]:
-    """In the server's process before exec: a raised descriptor limit, and SIGTERM if this process dies."""
-
-    def run() -> None:
-        raise_nofile(nofile)
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-
-    return run
-
-
-def raise_nofile(want: int) -> None:
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
 
 
 def ms_summary(values: list[float]) -> dict[str, Any]:
@@ -92,110 +66,6 @@ def ms_summary(values: list[float]) -> dict[str, Any]:
 
 
 # -- the server under test ------------------------------------------------------------------------
-
-class Server:
-    def __init__(self, nofile: int) -> None:
-        self.data = Path(tempfile.mkdtemp(prefix="icp-bench-gateway-"))
-        self.data.chmod(0o755)
-        self.log_path = Path(tempfile.mkstemp(prefix="icp-bench-gateway-", suffix=".log")[1])
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.nofile = nofile
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ICP_")}
-        self.env |= {"ICP_DATA_DIR": str(self.data), "ICP_PORT": str(self.port), "ICP_LOG_LEVEL": "WARNING",
-                     "ICP_MAX_POSITION_AGE_S": "86400"}
-        self.icp = [sys.executable, "-m", "icp.cli"]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.admin = ""
-
-    def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen([*self.icp, "serve"], env=self.env, stdout=subprocess.DEVNULL, stderr=log,
-                                         preexec_fn=server_preexec(self.nofile))
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise SystemExit(f"icp serve exited: {self.log_tail()}") from None
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"icp serve did not listen within 120 s: {self.log_tail()}") from None
-                time.sleep(0.1)
-        self.admin = subprocess.run([*self.icp, "token", "create", "--role", "admin", "--name", "bench"], env=self.env,
-                                    capture_output=True, text=True, check=True, timeout=120).stdout.strip()
-
-    def stop(self) -> int | None:
-        code = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                code = self.proc.wait(timeout=10)
-        elif self.proc is not None:
-            code = self.proc.returncode
-        shutil.rmtree(self.data, ignore_errors=True)
-        return code
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-    def max_open_files(self) -> str:
-        for line in Path(f"/proc/{self.pid}/limits").read_text().splitlines():
-            if line.startswith("Max open files"):
-                return " ".join(line.split()[3:5])
-        return "?"
-
-    def pg_cpu(self) -> dict[int, float]:
-        """CPU seconds of this node's PostgreSQL processes (the postmaster and its children)."""
-        out: dict[int, float] = {}
-        for pidfile in self.data.rglob("postmaster.pid"):
-            with_children: list[psutil.Process] = []
-            try:
-                master = psutil.Process(int(pidfile.read_text().split()[0]))
-                with_children = [master, *master.children(recursive=True)]
-            except (psutil.Error, OSError, ValueError, IndexError):
-                continue
-            for proc in with_children:
-                try:
-                    t = proc.cpu_times()
-                    out[proc.pid] = t.user + t.system
-                except psutil.Error:
-                    pass
-        return out
-
-    def log_tail(self, n: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def log_summary(self) -> dict[str, Any]:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        lines = [line for line in text.splitlines() if line.strip()]
-        levels = {lvl: sum(lvl in line for line in lines) for lvl in ("WARNING", "ERROR", "CRITICAL", "Traceback")}
-        firsts: dict[str, str] = {}
-        for line in lines:
-            if any(lvl in line for lvl in ("WARNING", "ERROR", "CRITICAL")):
-                key = line.split(" ", 3)[-1][:100]
-                firsts.setdefault(key, line[:300])
-        return {"lines": len(lines), "by_level": levels, "distinct_samples": list(firsts.values())[:8]}
-
 
 class CpuMeter:
     """Server and PostgreSQL CPU over an interval, as a share of one core."""
@@ -591,6 +461,8 @@ async def run(args: argparse.Namespace, server: Server) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="an ICP setting for the server under test, e.g. gc_threshold=50000 (repeatable)")
     parser.add_argument("--phases", default="a,b,c,d", help="which of a,b,c,d to run")
     parser.add_argument("--connections", type=int, default=10_000, help="(a) idle unit connections")
     parser.add_argument("--position-units", type=int, default=None,
@@ -616,7 +488,9 @@ def main() -> None:
     started = time.perf_counter()
     info = machine()
     nofile = max(args.connections, args.position_units, args.subscribers) + 4096
-    server = Server(nofile)
+    extra = dict(item.split("=", 1) for item in args.server_setting)
+    server = Server("gateway", nofile=nofile, settings={
+        "ICP_MAX_POSITION_AGE_S": "86400", **{"ICP_" + k.upper(): v for k, v in extra.items()}})
     code = None
     try:
         server.start()

@@ -24,13 +24,8 @@ import json
 import multiprocessing as mp
 import os
 import random
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,16 +35,11 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import Server
 from dispatch.intervals import percentile
 
 HELSINKI = (60.158, 24.922, 60.185, 24.960)  # lat/lon box of the demo city
 KINDS = ["smoke"] * 6 + ["intrusion"] * 3 + ["flood"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def alert(rng: random.Random, prefix: str, i: int) -> dict[str, Any]:
@@ -162,28 +152,11 @@ def main() -> None:
     parser.add_argument("--batch-clients", type=int, default=8, help="batches of 500 in flight at once")
     args = parser.parse_args()
 
-    data = Path(tempfile.mkdtemp(prefix="icp-bench-intake-"))
-    data.chmod(0o755)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICP_")}
-    env |= {"ICP_DATA_DIR": str(data), "ICP_PORT": str(port), "ICP_LOG_LEVEL": "WARNING",
-            "ICP_SENSOR_RATE_PER_S": "1000000", "ICP_SENSOR_BURST": "1000000", "ICP_POOL_MAX": "20"}
-    icp = [sys.executable, "-m", "icp.cli"]
-    server = subprocess.Popen([*icp, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(600):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if server.poll() is not None:
-                    raise SystemExit(f"icp serve exited: {server.stderr.read() if server.stderr else ''}") from None
-                time.sleep(0.1)
-        token = subprocess.run([*icp, "token", "create", "--role", "sensor", "--source", "bench"], env=env,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        cap_token = subprocess.run([*icp, "token", "create", "--role", "sensor"], env=env,
-                                   capture_output=True, text=True, check=True).stdout.strip()
-        base = f"http://127.0.0.1:{port}"
+    settings = {"ICP_SENSOR_RATE_PER_S": "1000000", "ICP_SENSOR_BURST": "1000000", "ICP_POOL_MAX": "20"}
+    with Server("intake", settings=settings) as server:
+        token = server.token("sensor", "--source", "bench")
+        cap_token = server.token("sensor")
+        base = server.base
         with mp.get_context("spawn").Pool(args.workers) as pool:
             single = load(pool, base, token, "single", args.seconds, args.clients, args.workers)
             batch = load(pool, base, token, "batch", args.seconds, args.batch_clients, args.workers)
@@ -191,13 +164,6 @@ def main() -> None:
             parts = pool.map(_worker, [(base, token, "latency", args.seconds, 0, 7 + w, 1000.0 / args.workers)
                                        for w in range(args.workers)])
         latencies = [x for p in parts for x in p["latencies"]]
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        shutil.rmtree(data, ignore_errors=True)
     latency = {"alerts": len(latencies), "p50": round(statistics.median(latencies), 2),
                "p99": round(percentile(latencies, 99) or 0.0, 2), "max": round(max(latencies), 2)}
     result = {

@@ -38,6 +38,7 @@ class Settings:
     # HTTP
     max_body_bytes: int = 1024 * 1024
     shutdown_timeout_s: float = 10.0
+    gc_threshold: int = 50_000  # the cyclic collector's first threshold (Python: 700); 0 leaves it
     # Auth
     session_ttl_s: int = 12 * 3600
     token_cache_ttl_s: float = 5.0  # a revoked bearer token stops working within this on every node

@@ -7,6 +7,7 @@ reverse (event feed, group commit — which drains its queue — the pool, the e
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from aiohttp import web
@@ -19,6 +20,11 @@ log = logging.getLogger(__name__)
 
 def serve(settings: Settings) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if settings.gc_threshold > 0:
+        # With thousands of sockets the heap is large and a full collection pauses the event loop
+        # for hundreds of milliseconds; collect less often, and never scan what start-up built.
+        gc.set_threshold(settings.gc_threshold, 20, 100)
+        gc.freeze()
     app = create_app(settings)
     web.run_app(
         app,
