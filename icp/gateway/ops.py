@@ -45,7 +45,7 @@ async def execute(app: web.Application, who: Principal, op: str, op_id: str, arg
     """Carry out one validated operation; return the ``ok`` frame's fields (raises Problem or a
     domain error, which the caller turns into an ``error`` frame)."""
     if op == "position":
-        return _position(app, who, args)
+        return position(app, who, args)
     if op == "message.send":
         raise Problem(501, "unsupported", "messaging is not available on this server yet")
     if op == "recommend":
@@ -129,7 +129,8 @@ async def _recommend(app: web.Application, who: Principal, incident_id: str) -> 
     return {"recommendation": rec.to_dict()}
 
 
-def _position(app: web.Application, who: Principal, args: dict[str, Any]) -> dict[str, Any]:
+def position(app: web.Application, who: Principal, args: dict[str, Any]) -> dict[str, Any]:
+    """A unit's fix (synchronous: the gateway answers it without queueing)."""
     assert who.unit is not None
     at = args["time"] if isinstance(args["time"], datetime) else datetime.fromisoformat(args["time"])
     fix = Fix(who.unit, at, float(args["lat"]), float(args["lon"]), args.get("accuracy"), args.get("heading"),
