@@ -15,6 +15,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ICP_SHARED_DIR", REPO_ROOT.parent / "shared"))
 
 
+def shared_dir(*parts: str) -> Path:
+    """A folder under ../shared, or skip the calling test clearly if it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.is_dir():
+        pytest.skip(f"shared folder {path} is absent (set ICP_SHARED_DIR to the shared folder)")
+    return path
+
+
 def shared_file(*parts: str) -> Path:
     """Path of a file under ../shared, or skip the calling test clearly if it is not there."""
     path = SHARED.joinpath(*parts)

@@ -25,7 +25,7 @@ from tests.icp.intake import (
     cap_info,
     fixture_bytes,
 )
-from tests.shared import SHARED
+from tests.shared import shared_dir
 
 STRICT = IntakeConfig(strict=True)
 A1 = "oasis_cap12_appendixA1_homeland_security.xml"
@@ -74,9 +74,7 @@ EXPECTED = {
 
 
 def test_the_table_covers_every_shared_cap_fixture():
-    folder = SHARED / "fixtures" / "cap"
-    if not folder.is_dir():
-        pytest.skip(f"shared fixtures absent at {folder}")
+    folder = shared_dir("fixtures", "cap")
     assert {p.name for p in folder.glob("*.xml")} == set(EXPECTED)
 
 
