@@ -150,9 +150,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="client processes")
     parser.add_argument("--batch-clients", type=int, default=8, help="batches of 500 in flight at once")
+    parser.add_argument("--server-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="an ICP setting for the server under test, e.g. workers=2 (repeatable)")
     args = parser.parse_args()
 
-    settings = {"ICP_SENSOR_RATE_PER_S": "1000000", "ICP_SENSOR_BURST": "1000000", "ICP_POOL_MAX": "20"}
+    settings = {"ICP_SENSOR_RATE_PER_S": "1000000", "ICP_SENSOR_BURST": "1000000", "ICP_POOL_MAX": "20",
+                **{"ICP_" + k.upper(): v for k, v in (item.split("=", 1) for item in args.server_setting)}}
     with Server("intake", settings=settings) as server:
         token = server.token("sensor", "--source", "bench")
         cap_token = server.token("sensor")

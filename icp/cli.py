@@ -28,7 +28,7 @@ class CommandError(Exception):
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "data_dir", "database_url"):
+    for name in ("host", "port", "data_dir", "database_url", "workers"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--host", help="listen address (ICP_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (ICP_PORT, default 8080)")
+    p.add_argument("--workers", type=int, help="node processes on this address, one per core (ICP_WORKERS, "
+                   "default 1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("migrate", help="apply pending migrations",

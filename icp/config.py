@@ -33,6 +33,8 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1  # > 1: a supervisor runs this many node processes on one address
+    reuse_port: bool = False  # set for workers: several processes listen on one port
     auto_migrate: bool = True
     log_level: str = "INFO"
     # HTTP
@@ -146,6 +148,8 @@ def load_settings(
     settings = Settings(**values)
     if not 0 < settings.port < 65536:
         raise ConfigError(f"port {settings.port} is outside 1..65535")
+    if not 1 <= settings.workers <= 64:
+        raise ConfigError("workers must be between 1 and 64")
     if settings.pool_min < 1 or settings.pool_max < settings.pool_min:
         raise ConfigError("pool_min must be ≥ 1 and pool_max ≥ pool_min")
     return settings

@@ -224,3 +224,22 @@ def test_embedded_cluster_as_an_ordinary_user(cluster_dir: Path) -> None:
 
         assert pwd.getpwuid(pg.stat().st_uid).pw_name == prefix[2]  # not root, not embedded_postgres
     assert not EmbeddedCluster(pg).is_running()
+
+
+@pytest.mark.slow
+def test_serve_with_workers_shares_one_address(db_url: str, make_token) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import signal
+
+    import psutil
+
+    token = asyncio.run(make_token("admin"))
+    port = free_port()
+    with serving(icp_env(ICP_DATABASE_URL=db_url), port, "--workers", "2") as proc:
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) == 2
+        assert all(_get(f"http://127.0.0.1:{port}/api/v1/session", token)[0] == 200 for _ in range(20))
+        assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
