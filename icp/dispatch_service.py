@@ -23,8 +23,10 @@ import asyncpg
 
 from dispatch import commands as cmd
 from dispatch import events as dev
+from dispatch._checks import slug
 from dispatch.agency import Agency
 from dispatch.decide import decide
+from dispatch.errors import Invalid
 from dispatch.evolve import evolve_all
 from dispatch.incident import Incident
 from dispatch.lifecycle import AssignmentStatus
@@ -243,9 +245,12 @@ class DispatchService:
 
 
 def _slug_ok(value: str) -> bool:
-    import re
-
-    return re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", value) is not None
+    """Whether an area id can serve as an incident zone (the domain's slug rule, not a copy)."""
+    try:
+        slug(value, "zone")
+    except Invalid:
+        return False
+    return True
 
 
 # -- transactions for HTTP writes: idempotency keys, deadlock retry, read-your-writes ---------------
