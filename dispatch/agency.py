@@ -27,17 +27,23 @@ class MutualAidTerms:
     ``margin_s``: crossing a border has costs (radio, command, reimbursement) that a few seconds
     do not justify. When the home agency cannot fill a requirement at all, the margin does not
     matter.
+
+    ``automatic``: an automatic-aid agreement — the partner's units are dispatched directly. By
+    default a partner's unit is *requested* and goes only when the partner agency accepts.
     """
 
     partner_id: str
     capabilities: frozenset[Capability]
     margin_s: float = 120.0
+    automatic: bool = False
 
     def __post_init__(self) -> None:
         check.ident(self.partner_id, "partner_id")
         caps = check.members(self.capabilities, Capability, "capabilities", min_len=1)
         check.set_field(self, "capabilities", caps)
         check.set_field(self, "margin_s", check.seconds(self.margin_s, "margin_s", hi=3600.0))
+        if not isinstance(self.automatic, bool):
+            raise Invalid("automatic must be true or false", field="automatic")
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,9 +43,10 @@ class Assignment:
         return self.status in ACTIVE_ASSIGNMENT
 
     def overdue(self, now: datetime) -> bool:
-        """True when still unacknowledged at or after its deadline."""
+        """True when still unacknowledged (or, for a mutual-aid request, unanswered) at or after
+        its deadline; ``ack_due_at`` holds whichever deadline the assignment is waiting on."""
         return (
-            self.status is AssignmentStatus.DISPATCHED
+            self.status in (AssignmentStatus.DISPATCHED, AssignmentStatus.REQUESTED)
             and self.ack_due_at is not None
             and now >= self.ack_due_at
         )

@@ -210,6 +210,12 @@ class AcknowledgeAssignment(_AssignmentCommand):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptMutualAid(_AssignmentCommand):
+    """The partner agency agrees to send the requested unit: it is dispatched. (Its refusal is
+    ``DeclineAssignment`` on the requested assignment.)"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Withdrawal(_AssignmentCommand):
     """A unit drops out before working the incident. ``replacement_unit_id`` is the next unit
     the caller found with ``recommendation.replacement_for``; the policy decides what to do
@@ -294,6 +300,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     CloseIncident,
     CancelIncident,
     DispatchUnits,
+    AcceptMutualAid,
     AcknowledgeAssignment,
     DeclineAssignment,
     TimeoutAssignment,

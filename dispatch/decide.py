@@ -170,6 +170,8 @@ def _end_all(
 def _dispatch(state: DispatchState, cmd: c.DispatchUnits, now: datetime) -> list[e.Event]:
     incident = _incident(state, cmd.incident_id, "dispatch", cmd.name)
     events = _dispatch_events(state, incident, cmd.units, cmd.name, now)
+    if not any(isinstance(ev, e.AssignmentDispatched) for ev in events):
+        return events  # only mutual-aid requests: nobody is on the way yet
     return events + _incident_moved(incident, "dispatch", cmd.name, now)
 
 
@@ -180,11 +182,12 @@ def _dispatch_events(
     by: str,
     now: datetime,
 ) -> list[e.Event]:
-    # Check every unit before emitting anything: all of them go, or none does.
+    # Check every unit before emitting anything: all of them go, or none does. A unit of an
+    # agency that is not at home here is requested from that agency instead (mutual aid).
     current = {
         a.unit_id: a
         for a in state.assignments_of(incident)
-        if a.active or a.status is AssignmentStatus.RECOMMENDED
+        if a.active or a.status in (AssignmentStatus.RECOMMENDED, AssignmentStatus.REQUESTED)
     }
     units: list[Unit] = []
     for request in requests:
@@ -192,6 +195,8 @@ def _dispatch_events(
         prior = current.get(unit.id)
         if prior is not None and prior.active:
             raise Conflict(f"{unit.call_sign} is already assigned to incident {incident.id!r}")
+        if prior is not None and prior.status is AssignmentStatus.REQUESTED:
+            raise Conflict(f"{unit.call_sign} is already requested from its agency for incident {incident.id!r}")
         if unit.status is not UnitStatus.AVAILABLE:
             raise UnitUnavailable(f"{unit.call_sign} is {unit.status.value}, not available")
         units.append(unit)
@@ -200,12 +205,26 @@ def _dispatch_events(
     fresh = 0
     for request, unit in zip(requests, units, strict=True):
         prior = current.get(unit.id)
+        ask = state.needs_mutual_aid_request(incident.id, unit)
         if prior is not None:  # a recommended assignment is confirmed, keeping its id
-            ASSIGNMENT.next(prior.status, "dispatch", command=by, subject=prior.id)
+            ASSIGNMENT.next(prior.status, "request" if ask else "dispatch", command=by, subject=prior.id)
             assignment_id, capability = prior.id, request.capability or prior.capability
         else:
             assignment_id, capability = incident.next_assignment_id(fresh), request.capability
             fresh += 1
+        if ask:
+            events.append(
+                e.AssignmentMutualAidRequested(
+                    at=now,
+                    incident_id=incident.id,
+                    assignment_id=assignment_id,
+                    unit_id=unit.id,
+                    agency_id=unit.agency_id,
+                    capability=capability,
+                    answer_due_at=state.policy.answer_deadline(now),
+                )
+            )
+            continue
         events.append(
             e.AssignmentDispatched(
                 at=now,
@@ -231,6 +250,23 @@ def _assignment(state: DispatchState, assignment_id: str, trigger: str, by: str)
 def _acknowledge(state: DispatchState, cmd: c.AcknowledgeAssignment, now: datetime) -> list[e.Event]:
     a = _assignment(state, cmd.assignment_id, "acknowledge", cmd.name)
     return [e.AssignmentAcknowledged(at=now, **_ids(a))]
+
+
+@_handles(c.AcceptMutualAid)
+def _accept_mutual_aid(state: DispatchState, cmd: c.AcceptMutualAid, now: datetime) -> list[e.Event]:
+    a = _assignment(state, cmd.assignment_id, "accept", cmd.name)
+    incident = _incident(state, a.incident_id, "dispatch", cmd.name)
+    unit = state.unit(a.unit_id)
+    if unit.status is not UnitStatus.AVAILABLE:
+        raise UnitUnavailable(f"{unit.call_sign} is {unit.status.value}, not available; decline the request")
+    return [
+        e.MutualAidAccepted(at=now, incident_id=incident.id, assignment_id=a.id, unit_id=unit.id,
+                            agency_id=unit.agency_id),
+        e.AssignmentDispatched(at=now, **_ids(a), capability=a.capability,
+                               ack_due_at=state.policy.ack_deadline(now)),
+        _unit_moved(unit, "dispatch", cmd.name, now, incident.id, a.id),
+        *_incident_moved(incident, "dispatch", cmd.name, now),
+    ]
 
 
 @_handles(c.UnitEnRoute)
@@ -280,7 +316,12 @@ def _cancel(state: DispatchState, cmd: c.CancelAssignment, now: datetime) -> lis
 @_handles(c.DeclineAssignment)
 def _decline(state: DispatchState, cmd: c.DeclineAssignment, now: datetime) -> list[e.Event]:
     a = _assignment(state, cmd.assignment_id, "decline", cmd.name)
-    events = _end(state, a, "decline", cmd.name, now, reason=cmd.reason)
+    if a.status is AssignmentStatus.REQUESTED:  # the partner agency says no
+        agency_id = state.unit(a.unit_id).agency_id
+        events: list[e.Event] = [e.AssignmentMutualAidDeclined(at=now, **_ids(a), agency_id=agency_id,
+                                                               reason=cmd.reason)]
+    else:
+        events = _end(state, a, "decline", cmd.name, now, reason=cmd.reason)
     return events + _withdrawn(
         state, a, cmd.replacement_unit_id, state.policy.on_decline, cmd.name, now
     )
@@ -293,17 +334,13 @@ def _time_out(state: DispatchState, cmd: c.TimeoutAssignment, now: datetime) -> 
         raise Conflict(f"assignment {a.id!r} is not due to time out until {a.ack_due_at}")
     incident = _incident(state, a.incident_id, "escalate", cmd.name)
     unit = state.unit(a.unit_id)
+    if a.status is AssignmentStatus.REQUESTED:
+        reason = (f"{unit.agency_id} did not answer the mutual-aid request for {unit.call_sign} "
+                  f"within {state.policy.mutual_aid_timeout_s:g} s")
+    else:
+        reason = f"{unit.call_sign} did not acknowledge within {state.policy.ack_timeout_s:g} s"
     events = _end(state, a, "time_out", cmd.name, now)
-    events.append(
-        e.IncidentEscalated(
-            at=now,
-            incident_id=incident.id,
-            assignment_id=a.id,
-            reason=(
-                f"{unit.call_sign} did not acknowledge within {state.policy.ack_timeout_s:g} s"
-            ),
-        )
-    )
+    events.append(e.IncidentEscalated(at=now, incident_id=incident.id, assignment_id=a.id, reason=reason))
     return events + _withdrawn(
         state, a, cmd.replacement_unit_id, state.policy.on_timeout, cmd.name, now
     )
@@ -368,8 +405,12 @@ def _withdrawn(
         )
     elif replacement is not None and mode == "dispatch":
         request = c.UnitRequest(replacement.id, a.capability)
-        events += _dispatch_events(state, incident, (request,), by, now)
-        added = 1
+        sent = _dispatch_events(state, incident, (request,), by, now)
+        events += sent
+        if any(isinstance(ev, e.AssignmentDispatched) for ev in sent):
+            added = 1
+            # Pending when only a mutual-aid request was out: now someone is on the way.
+            events += _incident_moved(incident, "dispatch", by, now)
     return events + _release_if_idle(state, a, added, by, now)
 
 
@@ -382,7 +423,8 @@ def _usable_replacement(
     if unit is None or unit.status is not UnitStatus.AVAILABLE or unit.id == withdrawn.unit_id:
         return None
     for other in state.assignments_of(incident):
-        if other.unit_id == unit.id and (other.active or other.status is AssignmentStatus.RECOMMENDED):
+        if other.unit_id == unit.id and (other.active or other.status in (
+                AssignmentStatus.RECOMMENDED, AssignmentStatus.REQUESTED)):
             return None
     return unit
 

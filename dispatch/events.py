@@ -182,6 +182,51 @@ class AssignmentDispatched(AssignmentEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AssignmentMutualAidRequested(AssignmentEvent):
+    """A partner agency is asked to send its unit; ``agency_id`` is that agency, which answers
+    before ``answer_due_at`` or the request times out."""
+
+    type: ClassVar[str] = "assignment.mutual_aid_requested"
+    status: ClassVar[AssignmentStatus] = AssignmentStatus.REQUESTED
+    agency_id: str
+    capability: Capability | None = None
+    answer_due_at: datetime
+
+    def __post_init__(self) -> None:
+        AssignmentEvent.__post_init__(self)
+        check.ident(self.agency_id, "agency_id")
+        check.aware(self.answer_due_at, "answer_due_at")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MutualAidAccepted(IncidentEvent):
+    """The partner agency said yes; an ``assignment.dispatched`` for the same assignment follows.
+    The assignment's state is moved by that event, so this one is a record of the answer."""
+
+    type: ClassVar[str] = "assignment.mutual_aid_accepted"
+    assignment_id: str
+    unit_id: str
+    agency_id: str
+
+    def __post_init__(self) -> None:
+        IncidentEvent.__post_init__(self)
+        for name in ("assignment_id", "unit_id", "agency_id"):
+            check.ident(getattr(self, name), name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssignmentMutualAidDeclined(AssignmentEvent):
+    type: ClassVar[str] = "assignment.mutual_aid_declined"
+    status: ClassVar[AssignmentStatus] = AssignmentStatus.DECLINED
+    agency_id: str
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        AssignmentEvent.__post_init__(self)
+        check.ident(self.agency_id, "agency_id")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AssignmentAcknowledged(AssignmentEvent):
     type: ClassVar[str] = "assignment.acknowledged"
     status: ClassVar[AssignmentStatus] = AssignmentStatus.ACKNOWLEDGED
@@ -265,6 +310,9 @@ EVENT_TYPES: Mapping[str, type[Event]] = MappingProxyType(
             IncidentCancelled,
             AssignmentRecommended,
             AssignmentDispatched,
+            AssignmentMutualAidRequested,
+            MutualAidAccepted,
+            AssignmentMutualAidDeclined,
             AssignmentAcknowledged,
             AssignmentDeclined,
             AssignmentTimedOut,

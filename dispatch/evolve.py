@@ -117,6 +117,11 @@ def _escalated(state: DispatchState, ev: e.IncidentEscalated) -> DispatchState:
     return _change(state, ev.incident_id, escalated_at=ev.at)
 
 
+@_applies(e.MutualAidAccepted)
+def _mutual_aid_accepted(state: DispatchState, ev: e.MutualAidAccepted) -> DispatchState:
+    return state  # the answer on record; the assignment.dispatched that follows moves the state
+
+
 @_applies(e.IncidentClosed)
 def _closed(state: DispatchState, ev: e.IncidentClosed) -> DispatchState:
     return _change(state, ev.incident_id, status=IncidentStatus.CLOSED, ended_at=ev.at)
@@ -130,9 +135,10 @@ def _cancelled(state: DispatchState, ev: e.IncidentCancelled) -> DispatchState:
 # --- assignments ----------------------------------------------------------------------------
 
 
-@_applies(e.AssignmentRecommended, e.AssignmentDispatched)
+@_applies(e.AssignmentRecommended, e.AssignmentDispatched, e.AssignmentMutualAidRequested)
 def _assigned(
-    state: DispatchState, ev: e.AssignmentRecommended | e.AssignmentDispatched
+    state: DispatchState,
+    ev: e.AssignmentRecommended | e.AssignmentDispatched | e.AssignmentMutualAidRequested,
 ) -> DispatchState:
     existing = state.assignments.get(ev.assignment_id)
     if existing is None:
@@ -152,6 +158,8 @@ def _assigned(
             existing, status=ev.status, capability=ev.capability or existing.capability,
             updated_at=ev.at,
         )
+    if isinstance(ev, e.AssignmentMutualAidRequested):
+        assignment = replace(assignment, ack_due_at=ev.answer_due_at)
     if isinstance(ev, e.AssignmentDispatched):
         assignment = replace(assignment, dispatched_at=ev.at, ack_due_at=ev.ack_due_at)
         state = state.with_unit(replace(state.unit(ev.unit_id), assignment_id=ev.assignment_id))
@@ -161,6 +169,7 @@ def _assigned(
 @_applies(
     e.AssignmentAcknowledged,
     e.AssignmentDeclined,
+    e.AssignmentMutualAidDeclined,
     e.AssignmentTimedOut,
     e.AssignmentEnRoute,
     e.AssignmentOnScene,

@@ -39,6 +39,7 @@ class UnitStatus(StrEnum):
 
 class AssignmentStatus(StrEnum):
     RECOMMENDED = "recommended"
+    REQUESTED = "requested"
     DISPATCHED = "dispatched"
     ACKNOWLEDGED = "acknowledged"
     EN_ROUTE = "en_route"
@@ -210,7 +211,14 @@ ASSIGNMENT: Lifecycle[AssignmentStatus] = Lifecycle(
     name="assignment",
     initial=_A.RECOMMENDED,
     table={
-        _A.RECOMMENDED: {"dispatch": _A.DISPATCHED, "cancel": _A.CANCELLED},
+        _A.RECOMMENDED: {"dispatch": _A.DISPATCHED, "request": _A.REQUESTED, "cancel": _A.CANCELLED},
+        # A partner agency's unit goes only when that agency says yes (mutual aid).
+        _A.REQUESTED: {
+            "accept": _A.DISPATCHED,
+            "decline": _A.DECLINED,
+            "time_out": _A.TIMED_OUT,
+            "cancel": _A.CANCELLED,
+        },
         _A.DISPATCHED: {
             "acknowledge": _A.ACKNOWLEDGED,
             "decline": _A.DECLINED,
@@ -235,13 +243,14 @@ ASSIGNMENT: Lifecycle[AssignmentStatus] = Lifecycle(
     },
     descriptions={
         _A.RECOMMENDED: "proposed by the system (e.g. after a timeout), awaiting a dispatcher",
+        _A.REQUESTED: "asked of a partner agency under mutual aid, awaiting its answer",
         _A.DISPATCHED: "sent to the unit, awaiting its acknowledgement",
         _A.ACKNOWLEDGED: "the unit confirmed it received the assignment",
         _A.EN_ROUTE: "the unit is travelling to the incident",
         _A.ON_SCENE: "the unit has arrived",
         _A.CLEARED: "the unit finished its work at the incident",
-        _A.DECLINED: "the unit refused the assignment",
-        _A.TIMED_OUT: "the unit did not acknowledge before the deadline",
+        _A.DECLINED: "the unit (or, for mutual aid, its agency) refused the assignment",
+        _A.TIMED_OUT: "no acknowledgement (or mutual-aid answer) before the deadline",
         _A.CANCELLED: "withdrawn by a dispatcher or by closing the incident",
     },
 )
@@ -257,5 +266,8 @@ OPEN_INCIDENT: frozenset[IncidentStatus] = frozenset(INCIDENT.states) - INCIDENT
 ACTIVE_ASSIGNMENT: frozenset[AssignmentStatus] = frozenset(
     {_A.DISPATCHED, _A.ACKNOWLEDGED, _A.EN_ROUTE, _A.ON_SCENE}
 )
+# Assignments that fill a plan requirement: active ones, and requests awaiting a partner's answer
+# (recommending another unit for the same need meanwhile would ask twice).
+FILLING_ASSIGNMENT: frozenset[AssignmentStatus] = ACTIVE_ASSIGNMENT | {_A.REQUESTED}
 # Statuses in which a unit is still busy with a patient when its incident is closed.
 UNIT_WITH_PATIENT: frozenset[UnitStatus] = frozenset({_U.TRANSPORTING, _U.AT_HOSPITAL})

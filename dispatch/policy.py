@@ -17,7 +17,8 @@ _REPLACEMENTS = ("none", "recommend", "dispatch")
 
 @dataclass(frozen=True, slots=True)
 class DispatchPolicy:
-    """``ack_timeout_s``: how long a dispatched unit has to acknowledge.
+    """``ack_timeout_s``: how long a dispatched unit has to acknowledge; ``mutual_aid_timeout_s``:
+    how long a partner agency has to answer a mutual-aid request.
 
     ``close_releases_units``: closing an incident with units still assigned cancels (before
     arrival) or clears (on scene) those assignments and returns the units to available, except
@@ -26,6 +27,7 @@ class DispatchPolicy:
     """
 
     ack_timeout_s: float = 60.0
+    mutual_aid_timeout_s: float = 120.0
     on_timeout: Replacement = "recommend"
     on_decline: Replacement = "recommend"
     close_releases_units: bool = True
@@ -34,6 +36,8 @@ class DispatchPolicy:
         check.set_field(
             self, "ack_timeout_s", check.seconds(self.ack_timeout_s, "ack_timeout_s", lo=1, hi=3600)
         )
+        check.set_field(self, "mutual_aid_timeout_s", check.seconds(
+            self.mutual_aid_timeout_s, "mutual_aid_timeout_s", lo=1, hi=86400))
         for name in ("on_timeout", "on_decline"):
             if getattr(self, name) not in _REPLACEMENTS:
                 raise Invalid(f"{name} must be one of {', '.join(_REPLACEMENTS)}", field=name)
@@ -43,3 +47,7 @@ class DispatchPolicy:
     def ack_deadline(self, dispatched_at: datetime) -> datetime:
         """When an assignment dispatched at ``dispatched_at`` times out if not acknowledged."""
         return check.aware(dispatched_at, "dispatched_at") + timedelta(seconds=self.ack_timeout_s)
+
+    def answer_deadline(self, requested_at: datetime) -> datetime:
+        """When a mutual-aid request made at ``requested_at`` times out if the partner is silent."""
+        return check.aware(requested_at, "requested_at") + timedelta(seconds=self.mutual_aid_timeout_s)

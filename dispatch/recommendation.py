@@ -44,7 +44,7 @@ from dispatch import codec
 from dispatch.agency import Agency, Station
 from dispatch.capability import Capability
 from dispatch.errors import Conflict, NotFound
-from dispatch.lifecycle import OPEN_INCIDENT, AssignmentStatus, UnitStatus
+from dispatch.lifecycle import FILLING_ASSIGNMENT, OPEN_INCIDENT, AssignmentStatus, UnitStatus
 from dispatch.response_plan import Requirement, ResponsePlans, merge
 from dispatch.state import DispatchState
 from dispatch.unit import Unit
@@ -591,7 +591,8 @@ def recommend_for_incident(
     if plan is None:
         raise NotFound("response plan", incident.incident_type)
     history = state.assignments_of(incident)
-    assigned = {a.unit_id: a.capability for a in history if a.active and a.id != ignoring_assignment}
+    assigned = {a.unit_id: a.capability for a in history
+                if a.status in FILLING_ASSIGNMENT and a.id != ignoring_assignment}
     withdrawn = {
         a.unit_id
         for a in history

@@ -56,9 +56,13 @@ class DispatchState:
     incidents: Mapping[str, Incident] = field(default_factory=_empty)
     assignments: Mapping[str, Assignment] = field(default_factory=_empty)
     policy: DispatchPolicy = field(default_factory=DispatchPolicy)
+    # Incident id → the agencies whose jurisdiction holds it (the caller's geography knows them).
+    # A unit of any other agency is mutual aid there, and is requested rather than dispatched
+    # unless its agency's terms say automatic aid. An incident missing here has no home agency.
+    home_agencies: Mapping[str, tuple[str, ...]] = field(default_factory=_empty)
 
     def __post_init__(self) -> None:
-        for name in ("agencies", "stations", "units", "incidents", "assignments"):
+        for name in ("agencies", "stations", "units", "incidents", "assignments", "home_agencies"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
 
     @classmethod
@@ -119,6 +123,19 @@ class DispatchState:
 
     def active_assignments_of(self, incident: Incident) -> list[Assignment]:
         return [a for a in self.assignments_of(incident) if a.active]
+
+    def needs_mutual_aid_request(self, incident_id: str, unit: Unit) -> bool:
+        """Whether sending ``unit`` to the incident asks its agency first: it is not of a home
+        agency, and no home agency holds automatic-aid terms with its agency."""
+        home = self.home_agencies.get(incident_id, ())
+        if not home or unit.agency_id in home:
+            return False
+        for agency_id in home:
+            agency = self.agencies.get(agency_id)
+            terms = agency.terms_with(unit.agency_id) if agency is not None else None
+            if terms is not None and terms.automatic:
+                return False
+        return True
 
     # --- copy-on-write updates ---------------------------------------------------------------
     def with_agency(self, agency: Agency) -> DispatchState:

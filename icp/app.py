@@ -111,7 +111,8 @@ async def _geography(app: web.Application) -> AsyncIterator[None]:
 async def _dispatch(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
     policy = DispatchPolicy(
-        ack_timeout_s=settings.ack_timeout_s, on_timeout=settings.on_ack_timeout,  # type: ignore[arg-type]
+        ack_timeout_s=settings.ack_timeout_s, mutual_aid_timeout_s=settings.mutual_aid_timeout_s,
+        on_timeout=settings.on_ack_timeout,  # type: ignore[arg-type]
         on_decline=settings.on_decline, close_releases_units=settings.close_releases_units,  # type: ignore[arg-type]
     )
     live = LivePicture(policy)

@@ -57,6 +57,7 @@ class Settings:
     # recommend the next unit, or dispatch it), whether closing releases the units, and the
     # recommendation's limits.
     ack_timeout_s: float = 60.0
+    mutual_aid_timeout_s: float = 120.0
     on_ack_timeout: str = "dispatch"
     on_decline: str = "recommend"
     close_releases_units: bool = True

@@ -118,12 +118,13 @@ class DispatchService:
         state = DispatchState(
             agencies=self.live.state.agencies, stations=self.live.state.stations, units=held.units,
             incidents=held.incidents, assignments=held.assignments, policy=self.live.policy,
+            home_agencies={iid: tuple(self.home_agencies(inc)) for iid, inc in held.incidents.items()},
         )
         events = decide(state, command, now)
         after = evolve_all(state, events)
         agencies = held.incident_agencies
         for ev in events:  # a partner's unit joining shares the incident with its agency
-            if isinstance(ev, dev.AssignmentDispatched | dev.AssignmentRecommended):
+            if isinstance(ev, dev.AssignmentDispatched | dev.AssignmentRecommended | dev.AssignmentMutualAidRequested):
                 unit_agency = after.units[ev.unit_id].agency_id
                 if EVERYONE not in agencies[ev.incident_id] and unit_agency not in agencies[ev.incident_id]:
                     agencies[ev.incident_id] = [*agencies[ev.incident_id], unit_agency]
@@ -137,14 +138,18 @@ class DispatchService:
         incident_id = getattr(command, "incident_id", None)
         if isinstance(command, cmd.CreateIncident):
             return
+        answer = self._mutual_aid_answer(command, held)
         if who.role is Role.UNIT:
             # A field unit acts only on its own assignments and its own status.
             assignment_id = getattr(command, "assignment_id", None)
             own = (assignment_id in held.assignments and held.assignments[assignment_id].unit_id == who.unit) or (
                 isinstance(command, cmd.ChangeUnitStatus) and command.unit_id == who.unit)
-            if not own or isinstance(command, cmd.CancelAssignment):
+            if not own or isinstance(command, cmd.CancelAssignment) or answer is not None:
                 raise forbidden("a unit acts only on its own assignments and status")
             return
+        if answer is not None and not who.unrestricted and who.agency != answer:
+            # Whether to lend a unit is the lending agency's decision, nobody else's.
+            raise forbidden(f"only agency {answer} answers a mutual-aid request for its unit")
         if incident_id is None and (assignment_id := getattr(command, "assignment_id", None)):
             incident_id = held.assignments[assignment_id].incident_id if assignment_id in held.assignments else None
         if incident_id is not None and (
@@ -161,6 +166,17 @@ class DispatchService:
             if unit is None or not may_dispatch(who, unit, self.live.state.agencies):
                 raise not_found(f"unit {command.unit_id}")
 
+    @staticmethod
+    def _mutual_aid_answer(command: cmd.Command, held: store.Locked) -> str | None:
+        """The agency that must be the one answering, when ``command`` answers a mutual-aid request."""
+        assignment = held.assignments.get(getattr(command, "assignment_id", None) or "")
+        if assignment is None or assignment.status is not AssignmentStatus.REQUESTED:
+            return None
+        if not isinstance(command, cmd.AcceptMutualAid | cmd.DeclineAssignment):
+            return None
+        unit = held.units.get(assignment.unit_id)
+        return unit.agency_id if unit is not None else None
+
     async def _write(self, conn: asyncpg.Connection, before: DispatchState, after: DispatchState,
                      agencies: dict[str, list[str]], events: Iterable[dev.Event]) -> None:
         for incident_id, incident in after.incidents.items():
@@ -172,10 +188,12 @@ class DispatchService:
         for unit_id, unit in after.units.items():
             if before.units.get(unit_id) != unit:
                 await store.save_unit(conn, unit)
-        for ev in events:
+        for ev in events:  # one deadline per assignment: the unit's acknowledgement or the partner's answer
             if isinstance(ev, dev.AssignmentDispatched):
                 await store.set_timer(conn, store.ACK_TIMEOUT, ev.assignment_id, ev.ack_due_at)
-            elif isinstance(ev, dev.AssignmentEvent) and ev.status is not AssignmentStatus.DISPATCHED:
+            elif isinstance(ev, dev.AssignmentMutualAidRequested):
+                await store.set_timer(conn, store.ACK_TIMEOUT, ev.assignment_id, ev.answer_due_at)
+            elif isinstance(ev, dev.AssignmentEvent):
                 await store.clear_timer(conn, store.ACK_TIMEOUT, ev.assignment_id)
 
     @staticmethod

@@ -32,7 +32,8 @@ AGENCY_SCHEMA = {"type": "object", "required": ["id", "name", "kind"], "properti
     "kind": {"enum": ["fire", "ems", "police", "utility", "other"]},
     "mutual_aid": {"type": "array", "items": {"type": "object", "properties": {
         "partner_id": {"type": "string"}, "capabilities": {"type": "array", "items": {"type": "string"}},
-        "margin_s": {"type": "number"}}}}}}
+        "margin_s": {"type": "number"},
+        "automatic": {"type": "boolean", "description": "automatic aid: dispatched without asking the partner"}}}}}}
 STATION_SCHEMA = {"type": "object", "required": ["id", "agency_id", "name", "location"], "properties": {
     "id": {"type": "string"}, "agency_id": {"type": "string"}, "name": {"type": "string"},
     "location": {"type": "object", "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}}}}}

@@ -332,11 +332,13 @@ async def update_incident(request: web.Request) -> web.Response:
 ASSIGNMENT_ACTIONS: dict[str, type[cmd.Command]] = {
     "acknowledge": cmd.AcknowledgeAssignment, "decline": cmd.DeclineAssignment, "en-route": cmd.UnitEnRoute,
     "on-scene": cmd.UnitOnScene, "clear": cmd.ClearAssignment, "cancel": cmd.CancelAssignment,
+    "accept": cmd.AcceptMutualAid,
 }
 
 
 @operation("An assignment step: acknowledge, decline, en-route, on-scene, clear (the unit itself or a "
-           "dispatcher) or cancel (dispatchers)", tags=("incidents",),
+           "dispatcher) or cancel (dispatchers); on a mutual-aid request (status requested), accept or "
+           "decline by a dispatcher of the unit's agency", tags=("incidents",),
            request={"type": "object", "properties": {"reason": {"type": "string"}}}, parameters=(IDEMPOTENCY_PARAM,),
            responses={200: {"description": "the incident", "schema": INCIDENT_SCHEMA}})
 @require(Role.DISPATCHER, Role.UNIT)

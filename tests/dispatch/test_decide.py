@@ -396,9 +396,20 @@ def test_every_event_type_is_produced_registered_and_round_trips():
                           incident_type="flood", priority=3, location=SCENE), 7),
         (c.CancelIncident(incident_id="I2", reason="duplicate"), 8),
     )
-    log = story + other
+    start = replace(world(), home_agencies={"I1": ("hf",)})  # so he's m1 is mutual aid at I1
+    _, aid = run(
+        start,
+        (CREATE, 0),
+        (c.DispatchUnits.of("I1", "m1"), 1),
+        (c.AcceptMutualAid(assignment_id="I1-A1"), 2),
+        (c.DispatchUnits.of("I1", "e1"), 3),
+        (c.CancelAssignment(assignment_id="I1-A1"), 4),
+        (c.DispatchUnits.of("I1", "m1"), 5),
+        (c.DeclineAssignment(assignment_id="I1-A3", reason="busy"), 6),
+    )
+    log = story + other + aid
     assert {ev.type for ev in log} == set(e.EVENT_TYPES)
-    assert len(e.EVENT_TYPES) == 19
+    assert len(e.EVENT_TYPES) == 22
     for ev in log:
         assert e.EVENT_TYPES[ev.type] is type(ev)
         assert e.event_from_dict(json.loads(json.dumps(ev.to_dict()))) == ev

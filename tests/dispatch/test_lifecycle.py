@@ -87,7 +87,12 @@ EXPECTED_UNIT = {
 
 EXPECTED_ASSIGNMENT = {
     ("recommended", "dispatch", "dispatched"),
+    ("recommended", "request", "requested"),
     ("recommended", "cancel", "cancelled"),
+    ("requested", "accept", "dispatched"),
+    ("requested", "decline", "declined"),
+    ("requested", "time_out", "timed_out"),
+    ("requested", "cancel", "cancelled"),
     ("dispatched", "acknowledge", "acknowledged"),
     ("dispatched", "decline", "declined"),
     ("dispatched", "time_out", "timed_out"),
