@@ -1,0 +1,1 @@
+"""Messaging: incident, agency, broadcast, talkgroup and direct channels, persisted and delivered over the gateway."""
