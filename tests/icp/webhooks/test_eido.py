@@ -10,8 +10,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]  # no stubs published
 import pytest
-from defusedxml import ElementTree
 
 from dispatch.agency import Agency, AgencyKind
 from dispatch.assignment import Assignment
@@ -150,7 +150,7 @@ def test_location_is_pidf_lo_with_latitude_first() -> None:
     [location] = _eido()["locationComponent"]
     assert location["locationTypeDescriptionRegistryText"] == "Incident"
     assert location["locationDescriptionText"] == "Mannerheimintie 1"
-    root = ElementTree.fromstring(location["locationByValue"].encode())
+    root = SafeET.fromstring(location["locationByValue"].encode())
     gml = "{http://www.opengis.net/gml}"
     point = root.find(f".//{gml}Point")
     assert point is not None and point.get("srsName") == "urn:ogc:def:crs:EPSG::4326"
