@@ -15,6 +15,7 @@ from geo.geocoder import nominatim
 from icp import appkeys
 from icp.api import setup_routes
 from icp.auth.guard import TOKEN_CACHE, TokenCache
+from icp.auth.sealing import load_box
 from icp.config import Settings
 from icp.dispatch_service import DispatchService
 from icp.errors import problem_middleware
@@ -28,6 +29,10 @@ from icp.scheduler import TimerScheduler
 from icp.store import database, migrations
 from icp.store.feed import EventFeed
 from icp.store.group_commit import GroupCommitter
+from icp.webhooks.delivery import Deliverer
+from icp.webhooks.retry import RetrySchedule
+from icp.webhooks.ssrf import AllowList
+from icp.webhooks.views import incident_views
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.WEBSOCKETS] = weakref.WeakSet()
     if settings.token_cache_ttl_s > 0:
         app[TOKEN_CACHE] = TokenCache(settings.token_cache_ttl_s)
-    app.cleanup_ctx.extend([_database, _group_commit, _event_feed, _geography, _dispatch, messaging_context])
+    app.cleanup_ctx.extend([_database, _group_commit, _event_feed, _geography, _dispatch, messaging_context, _webhooks])
     app.on_shutdown.append(_close_websockets)
     setup_routes(app)
     return app
@@ -135,6 +140,25 @@ async def _dispatch(app: web.Application) -> AsyncIterator[None]:
         await scheduler.stop()
         await positions.stop()
         unsubscribe()
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    app[appkeys.SECRET_BOX] = box = load_box(settings)
+    deliverer = Deliverer(
+        app[appkeys.POOL], box, incident_views(app[appkeys.LIVE], settings.site_domain),
+        app[appkeys.COMMITTER].append_many,
+        allow=AllowList.parse([e for e in settings.webhook_allow.split(",") if e.strip()]),
+        schedule=RetrySchedule.parse(settings.webhook_retry_schedule, time_scale=settings.webhook_time_scale),
+        timeout_s=settings.webhook_timeout_s, lease_s=settings.webhook_lease_s, poll_s=settings.webhook_poll_s)
+    app[appkeys.WEBHOOKS] = deliverer
+    unsubscribe = app[appkeys.FEED].subscribe(deliverer.wake)
+    await deliverer.start()
+    try:
+        yield
+    finally:
+        unsubscribe()
+        await deliverer.stop()
 
 
 async def _close_websockets(app: web.Application) -> None:

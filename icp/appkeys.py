@@ -11,6 +11,7 @@ from aiohttp import web
 from icp.config import Settings
 
 if TYPE_CHECKING:
+    from icp.auth.sealing import SecretBox
     from icp.dispatch_service import DispatchService
     from icp.gateway.positions import PositionHub
     from icp.geography import Geography
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from icp.scheduler import TimerScheduler
     from icp.store.feed import EventFeed
     from icp.store.group_commit import GroupCommitter
+    from icp.webhooks.delivery import Deliverer
 
 SETTINGS = web.AppKey("settings", Settings)
 DB_URL = web.AppKey("db_url", str)
@@ -34,3 +36,5 @@ DISPATCH: web.AppKey[DispatchService] = web.AppKey("dispatch")
 SCHEDULER: web.AppKey[TimerScheduler] = web.AppKey("scheduler")
 INTAKE: web.AppKey[IntakeService] = web.AppKey("intake")
 POSITIONS: web.AppKey[PositionHub] = web.AppKey("positions")
+SECRET_BOX: web.AppKey[SecretBox] = web.AppKey("secret_box")
+WEBHOOKS: web.AppKey[Deliverer] = web.AppKey("webhooks")

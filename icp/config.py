@@ -71,6 +71,24 @@ class Settings:
     cap_strict: bool = False
     sensor_rate_per_s: float = 1000.0
     sensor_burst: int = 2000
+    # Secrets at rest: the key (base64 of 32 bytes) sealing webhook signing secrets. None: a key
+    # file in data_dir, made on first use. Nodes sharing a database must share this key.
+    secret_key: str | None = None
+    # Agency webhooks: destinations allowed despite the SSRF rules ("loopback", CIDRs, host
+    # names; comma-separated), request timeout, retry schedule (delays after each failed attempt)
+    # and a time scale for it (tests), rotation overlap, per-endpoint lease, claim poll.
+    webhook_allow: str = ""
+    webhook_timeout_s: float = 10.0
+    webhook_retry_schedule: str = "0,5s,30s,2m,10m,30m,1h,3h,6h"
+    webhook_time_scale: float = 1.0
+    webhook_secret_overlap_s: float = 86_400.0
+    webhook_lease_s: float = 30.0
+    webhook_poll_s: float = 1.0
+    # This ICP's domain name: the EIDO sender and issuer of the identifiers in webhook payloads.
+    site_domain: str = "icp.localhost"
+    # Signed inbound agency requests: timestamp tolerance and body bound.
+    inbound_tolerance_s: int = 300
+    inbound_max_bytes: int = 64 * 1024
     # Event log
     event_poll_interval_s: float = 1.0
     group_commit_max_batch: int = 2000

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from icp import gateway
-from icp.api import agencies, channels, events, geo, health, incidents, intake, plans, session, tokens
+from icp.api import agencies, channels, events, geo, health, incidents, intake, plans, session, tokens, webhooks
 
 
 def setup_routes(app: web.Application) -> None:
-    for module in (health, session, tokens, events, geo, agencies, incidents, plans, intake, channels, gateway):
+    for module in (health, session, tokens, events, geo, agencies, incidents, plans, intake, channels, webhooks, gateway):
         module.setup(app)
