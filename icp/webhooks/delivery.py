@@ -182,14 +182,19 @@ class Deliverer:
         except Exception:
             log.exception("webhook lane %s failed", lane.endpoint_id)
         finally:
-            self.lanes.pop(lane.endpoint_id, None)
-            if not self._stopping:
-                with contextlib.suppress(Exception):
-                    if last is not None:  # records first: the next holder must not resend what went out
-                        await last.done
-                    await self._pool.execute(
-                        "UPDATE webhook_endpoints SET lease_owner = NULL, lease_until = NULL"
-                        " WHERE id = $1 AND lease_owner = $2", lane.endpoint_id, self.node)
+            # The lane stays registered (so the claim loop does not start another for the same
+            # endpoint) until its records are written and its lease is let go: a successor must
+            # not resend what this one delivered.
+            try:
+                if not self._stopping:
+                    with contextlib.suppress(Exception):
+                        if last is not None:
+                            await last.done
+                        await self._pool.execute(
+                            "UPDATE webhook_endpoints SET lease_owner = NULL, lease_until = NULL"
+                            " WHERE id = $1 AND lease_owner = $2", lane.endpoint_id, self.node)
+            finally:
+                self.lanes.pop(lane.endpoint_id, None)
                 self._claim_wake.set()  # more may have been fanned out meanwhile
 
     async def _lane(self, lane: Lane) -> Attempt | None:

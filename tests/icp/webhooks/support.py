@@ -42,6 +42,7 @@ class Receiver:
     default: Answer = 200
     received: list[Received] = field(default_factory=list)
     requests: int = 0
+    seen_ids: list[str] = field(default_factory=list)  # webhook-id of every request, as it arrives
     url: str = ""
     _runner: web.AppRunner | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -75,6 +76,7 @@ class Receiver:
         self.requests += 1
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
+        self.seen_ids.append(headers.get("webhook-id", ""))
         answer = self.answers.pop(0) if self.answers else self.default
         if isinstance(answer, tuple):
             await asyncio.sleep(answer[1])
