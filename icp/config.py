@@ -89,10 +89,32 @@ class Settings:
     # Signed inbound agency requests: timestamp tolerance and body bound.
     inbound_tolerance_s: int = 300
     inbound_max_bytes: int = 64 * 1024
+    # Web console: an optional raster tile URL under ICP's own vector layers ("https://…/{z}/{x}/{y}.png";
+    # its origin is allowed by the console's CSP), its attribution, and the queue's standards timers:
+    # amber/red after this long pending (since creation) and without a unit on scene (since dispatch).
+    console_tile_url: str | None = None
+    console_tile_attribution: str = "© OpenStreetMap contributors"
+    console_pending_amber_s: float = 60.0
+    console_pending_red_s: float = 90.0
+    console_response_amber_s: float = 300.0
+    console_response_red_s: float = 480.0
     # Event log
     event_poll_interval_s: float = 1.0
     group_commit_max_batch: int = 2000
     group_commit_max_queue: int = 100_000
+    # Messaging (docs/messaging.md): text and attachment bounds, what a member gets on connect,
+    # how receipts are written, the message writer's batches and a per-member sending rate.
+    message_max_chars: int = 4000  # at most 4000, the WebSocket protocol's own bound
+    attachment_max_bytes: int = 10 * 1024 * 1024
+    attachment_types: str = "image/jpeg,image/png,image/gif,image/webp,application/pdf"
+    message_backlog: int = 100
+    message_recent_incident_s: float = 86_400.0
+    message_emergency_repeat_s: float = 86_400.0
+    message_receipt_flush_s: float = 0.25
+    message_writer_max_batch: int = 1000
+    message_writer_max_queue: int = 50_000
+    message_rate_per_s: float = 20.0
+    message_burst: int = 60
 
     @property
     def pgdata(self) -> Path:
@@ -171,4 +193,10 @@ def load_settings(
         raise ConfigError("workers must be between 1 and 64")
     if settings.pool_min < 1 or settings.pool_max < settings.pool_min:
         raise ConfigError("pool_min must be ≥ 1 and pool_max ≥ pool_min")
+    if not 1 <= settings.message_max_chars <= 4000:
+        raise ConfigError("message_max_chars must be between 1 and 4000 (the protocol's bound)")
+    if settings.attachment_max_bytes < 1 or settings.message_backlog < 0 or settings.message_burst < 1:
+        raise ConfigError("attachment_max_bytes and message_burst must be ≥ 1, message_backlog ≥ 0")
+    if settings.message_rate_per_s <= 0 or settings.message_receipt_flush_s <= 0:
+        raise ConfigError("message_rate_per_s and message_receipt_flush_s must be positive")
     return settings

@@ -9,6 +9,12 @@ Every buffer is bounded. Events wait for the consumer in a buffer of ``max_event
 the reader keeps reading (so answers and pings still flow) but drops further events without moving
 ``last_seq``, and once the consumer has drained half of it the client relinks and resumes from
 there, so a slow consumer costs a replay, never an event.
+
+Messages (``message`` frames) work the same way in their own buffer, with one difference: the
+server resumes them from what this client *confirmed*. Each message `messages` hands out is
+confirmed as delivered (per channel, cumulatively) by a ``message.receipt`` sent every
+``receipt_interval``; `mark_read` confirms reading. A message the client dropped or never handed
+out is not confirmed, so the server sends it again on the next link.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ DEFAULT_TIMEOUT_S = 30.0
 MAX_PENDING = 10_000  # unanswered operations, queued or in flight
 MAX_EVENTS = 1_000  # events (and resyncs) waiting for the consumer
 MAX_POSITIONS = 64  # position batches waiting for the consumer; the oldest is dropped first
+MAX_MESSAGES = 1_000  # messages waiting for the consumer
+MAX_RECEIPTS = 1_000  # receipt batches waiting for the consumer; the oldest is dropped first
+RECEIPT_INTERVAL_S = 0.5  # how often delivered/read confirmations go out (cumulative, per channel)
+MAX_RECEIPTS_PER_OP = 100  # the server's bound on channels per message.receipt
 MAX_FRAME = 1 << 20  # largest frame accepted from the server
 MAX_OP_BYTES = 64 * 1024  # the server's frame limit: a larger op would be refused on every resend
 PROTOCOL_VERSION = 1
@@ -79,6 +89,51 @@ class Resync:
 
 
 Item = Event | Resync
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message of a channel this client's principal is a member of. ``seq`` is its id and its
+    place in the channel; ``repeat`` marks an emergency message sent again because this member has
+    not acknowledged it (`Connection.ack_message`)."""
+
+    channel: str
+    seq: int
+    at: str
+    sender: Mapping[str, Any]
+    text: str
+    priority: str = "normal"
+    client_id: str | None = None
+    attachment: Mapping[str, Any] | None = None
+    ack_required: bool = False
+    repeat: bool = False
+
+    @classmethod
+    def from_frame(cls, frame: Mapping[str, Any]) -> Message:
+        attachment = frame.get("attachment")
+        return cls(channel=str(frame["channel"]), seq=frame["seq"], at=str(frame.get("at", "")),
+                   sender=frame.get("sender") or {}, text=str(frame.get("text", "")),
+                   priority=str(frame.get("priority", "normal")), client_id=frame.get("client_id"),
+                   attachment=attachment if isinstance(attachment, Mapping) else None,
+                   ack_required=bool(frame.get("ack_required")), repeat=bool(frame.get("repeat")))
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """News about a message this client's member sent: ``member`` received, read or acknowledged it."""
+
+    channel: str
+    seq: int
+    member: str
+    delivered_at: str | None = None
+    read_at: str | None = None
+    acked_at: str | None = None
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any]) -> Receipt:
+        return cls(channel=str(entry["channel"]), seq=entry["seq"], member=str(entry["member"]),
+                   delivered_at=entry.get("delivered_at"), read_at=entry.get("read_at"),
+                   acked_at=entry.get("acked_at"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +248,9 @@ class ConnectionOptions:
     max_pending: int = MAX_PENDING
     max_events: int = MAX_EVENTS
     max_positions: int = MAX_POSITIONS
+    max_messages: int = MAX_MESSAGES
+    max_receipts: int = MAX_RECEIPTS
+    receipt_interval: float | None = RECEIPT_INTERVAL_S  # None: confirm nothing by itself (see confirm_receipts)
     max_frame: int = MAX_FRAME
     open_timeout: float = 10.0
     ping_interval: float | None = 20.0
@@ -220,6 +278,12 @@ class Connection:
         self._sticky: dict[str, dict[str, Any]] = {}  # ops repeated on every new link (subscriptions)
         self._events: _Inbox[Item] = _Inbox(opts.max_events)
         self._positions: _Inbox[list[dict[str, Any]]] = _Inbox(opts.max_positions, drop_oldest=True)
+        self._messages: _Inbox[Message] = _Inbox(opts.max_messages)
+        self._receipts: _Inbox[Receipt] = _Inbox(opts.max_receipts, drop_oldest=True)
+        self._message_seen: dict[str, int] = {}  # channel → last seq entered into the message buffer
+        self._confirm: dict[str, list[int]] = {}  # channel → [delivered, read] not yet sent
+        self._acked: set[tuple[str, int]] = set()  # (channel, seq) acknowledged by this client
+        self._receipt_task: asyncio.Task[None] | None = None
         self._overflowed = False
         self._ws: ClientConnection | None = None
         self._link = 0  # counts links that reached welcome; an op remembers the last it was sent on
@@ -241,14 +305,23 @@ class Connection:
             raise self._fatal
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"icp-client {self.url}")
+        if self._receipt_task is None and self.options.receipt_interval is not None:
+            self._receipt_task = asyncio.create_task(self._confirm_loop(self.options.receipt_interval),
+                                                     name=f"icp-client receipts {self.url}")
 
     async def close(self) -> None:
-        """Close the link; waiting operations fail with `ClientClosed`, iterators end."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Close the link (after confirming the messages handed out, if it can within a second);
+        waiting operations fail with `ClientClosed`, iterators end."""
+        if self._confirm and self.connected and self._fatal is None:
+            with contextlib.suppress(ClientError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.confirm_receipts()
+        for task in (self._receipt_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._receipt_task = None
         for side in list(self._side_tasks):
             side.cancel()
         self._finish(ClientClosed("the client was closed"))
@@ -309,6 +382,33 @@ class Connection:
                 self._catch_up()
             yield item
 
+    async def messages(self) -> AsyncIterator[Message]:
+        """Messages of this principal's channels, each once and in seq order per channel, across
+        reconnects (and again, marked ``repeat``, an emergency message not acknowledged yet). Each
+        one handed out is confirmed to the server as delivered. One consumer at a time."""
+        while True:
+            try:
+                message = await self._messages.take()
+            except ClientClosed:
+                return
+            if self._overflowed and len(self._messages) <= self._messages.limit // 2:
+                self._catch_up()
+            if message.repeat and (message.channel, message.seq) in self._acked:
+                continue
+            if not message.repeat:
+                self._note(message.channel, delivered=message.seq)
+            yield message
+
+    async def receipts(self) -> AsyncIterator[Receipt]:
+        """Who received, read and acknowledged the messages this member sent (live; the REST API
+        `GET /api/v1/channels/{id}/messages/{seq}/receipts` has the whole record). When the
+        consumer lags, the oldest are dropped."""
+        while True:
+            try:
+                yield await self._receipts.take()
+            except ClientClosed:
+                return
+
     async def positions(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Batches of unit positions (``positions`` frames) for subscribers of the ``positions`` topic.
         Not resumable: when the consumer lags, the oldest batches are dropped."""
@@ -355,6 +455,90 @@ class Connection:
         finally:
             if self._pending.get(op_id) is pending:
                 del self._pending[op_id]
+
+    # -- messaging -------------------------------------------------------------------------------
+
+    async def send_message(self, channel: str, text: str, *, priority: str = "normal", attachment: str | None = None,
+                           client_id: str | None = None, op_id: str | None = None,
+                           timeout: float | _Unset | None = _UNSET) -> dict[str, Any]:
+        """Post a message; the answer (``message``: channel, seq, at, …; ``duplicate``) comes once it
+        is stored. The op id is the message's client id unless ``client_id`` is given, so a resend
+        after a dropped link returns the first message rather than posting a second."""
+        fields: dict[str, Any] = {"channel": channel, "text": text}
+        if priority != "normal":
+            fields["priority"] = priority
+        if attachment is not None:
+            fields["attachment"] = attachment
+        if client_id is not None:
+            fields["client_id"] = client_id
+        return await self.request("message.send", op_id=op_id, timeout=timeout, **fields)
+
+    async def ack_message(self, channel: str, seq: int) -> dict[str, Any]:
+        """Acknowledge a message (an emergency message asks it of every member)."""
+        answer = await self.request("message.ack", channel=channel, seq=seq)
+        self._acked.add((channel, seq))
+        return answer
+
+    def mark_read(self, channel: str, seq: int) -> None:
+        """Confirm that everything up to ``seq`` in ``channel`` was read (sent with the next receipts)."""
+        self._note(channel, delivered=seq, read=seq)
+
+    async def history(self, channel: str, *, before: int | None = None, limit: int = 50) -> dict[str, Any]:
+        """A page of the channel's messages (``messages``, oldest first, and ``next_before``)."""
+        fields: dict[str, Any] = {"channel": channel, "limit": limit}
+        if before is not None:
+            fields["before"] = before
+        return await self.request("message.history", **fields)
+
+    async def channels(self) -> list[dict[str, Any]]:
+        """The channels this principal is a member of."""
+        return list((await self.request("channel.list"))["channels"])
+
+    async def upload_attachment(self, channel: str, content: bytes, content_type: str, name: str = "",
+                                *, timeout: float = 60.0) -> dict[str, Any]:
+        """Upload a file to a channel over HTTP (an image or a PDF); send its ``id`` as a message's
+        ``attachment``. Raises `OpError` with the server's problem code when refused."""
+        import aiohttp  # only for uploads: the link itself is `websockets`
+
+        url = f"{http_url(self.url)}/api/v1/channels/{channel}/attachments"
+        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": content_type}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http, \
+                http.post(url, data=content, headers=headers, params={"name": name} if name else None) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status >= 300:
+                problem = body if isinstance(body, dict) else {}
+                raise OpError(str(problem.get("code", resp.status)), str(problem.get("detail", "")),
+                              errors=problem.get("errors") or ())
+            return dict(body)
+
+    async def confirm_receipts(self) -> None:
+        """Send the pending delivered/read confirmations now (they also go every ``receipt_interval``)."""
+        pending, self._confirm = self._confirm, {}
+        items = list(pending.items())
+        try:
+            for i in range(0, len(items), MAX_RECEIPTS_PER_OP):
+                chunk = items[i:i + MAX_RECEIPTS_PER_OP]
+                await self.request("message.receipt", timeout=10.0, receipts=[
+                    {"channel": c, **({"delivered": d} if d else {}), **({"read": r} if r else {})}
+                    for c, (d, r) in chunk])
+        except (OpError, OpTimeout, QueueFull) as exc:
+            for channel, (d, r) in items:  # cumulative: merged into whatever came since
+                self._note(channel, delivered=d, read=r)
+            if isinstance(exc, OpError) and not exc.retryable:
+                log.warning("the server refused receipts: %s", exc)
+
+    def _note(self, channel: str, *, delivered: int = 0, read: int = 0) -> None:
+        held = self._confirm.setdefault(channel, [0, 0])
+        held[0], held[1] = max(held[0], delivered, read), max(held[1], read)
+
+    async def _confirm_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self._confirm and self.connected:
+                try:
+                    await self.confirm_receipts()
+                except ClientError:
+                    return  # the client is closed or refused
 
     async def ping(self, timeout: float | None = 10.0) -> float:
         """Round-trip time to the server in seconds, over the protocol (not WebSocket) ping."""
@@ -500,6 +684,13 @@ class Connection:
             self._answer(frame)
         elif op == "ping":
             await self._send(ws, _encode({"op": "pong", **{k: frame[k] for k in ("t",) if k in frame}}))
+        elif op == "message":
+            if isinstance(frame.get("seq"), int) and isinstance(frame.get("channel"), str):
+                self._deliver_message(Message.from_frame(frame))
+        elif op == "receipts":
+            for entry in frame.get("receipts") or ():
+                if isinstance(entry, Mapping) and isinstance(entry.get("seq"), int) and "channel" in entry:
+                    self._receipts.offer(Receipt.from_entry(entry))
         elif op == "positions":
             units = frame.get("units")
             if isinstance(units, list):
@@ -521,6 +712,18 @@ class Connection:
             self._overflowed = True
             return
         self.last_seq = seq
+
+    def _deliver_message(self, message: Message) -> None:
+        if message.repeat:  # an emergency message asking again for an acknowledgement
+            if (message.channel, message.seq) not in self._acked and not self._overflowed:
+                self._messages.offer(message)
+            return
+        if message.seq <= self._message_seen.get(message.channel, 0):
+            return  # sent again after a relink, and already handed over
+        if self._overflowed or not self._messages.offer(message):
+            self._overflowed = True  # not confirmed, so the server sends it again after the relink
+            return
+        self._message_seen[message.channel] = message.seq
 
     def _answer(self, frame: dict[str, Any]) -> None:
         if frame.get("code") == IN_PROGRESS:
@@ -561,6 +764,8 @@ class Connection:
                 pending.future.set_exception(error)
         self._events.end(error)
         self._positions.end(error)
+        self._messages.end(error)
+        self._receipts.end(error)
         self._changed.set()
 
 

@@ -77,9 +77,6 @@ class FieldUnitClient(Connection):
     async def clear(self, assignment: str) -> dict[str, Any]:
         return await self.request("clear", assignment=assignment)
 
-    async def send_message(self, channel: str, text: str) -> dict[str, Any]:
-        return await self.request("message.send", channel=channel, text=text)
-
     async def assignments(self) -> AsyncIterator[Event | Resync]:
         """The ``assignment.*`` events of this unit (``assignment.dispatched`` is a new job; others
         follow it: acknowledged, cancelled, …), and a `Resync` when the server could not replay a gap

@@ -9,6 +9,9 @@ The session decides what every frame means; this module only carries its actions
   than ``max_replay_events``), then goes live, dropping anything at or below the last seq sent;
 - visibility: administrators see everything, agency principals their agencies' events, a field
   unit its own unit and the incidents it is or was assigned to;
+- one feed subscription per node (`EventFanout`) hands each batch to the connections, without the
+  messages: those go only to the members of their channel (`icp.messaging.hub`), which then catches
+  the connection up on what its member missed;
 - operations run in their own tasks (a slow one does not block the socket) through `ops.execute`.
 """
 
@@ -31,6 +34,8 @@ from icp.auth.principal import Principal, Role
 from icp.dispatch_service import may_dispatch
 from icp.errors import FieldError, to_problem
 from icp.gateway import ops, protocol
+from icp.messaging import MESSAGING
+from icp.messaging.hub import MESSAGE_PREFIX, Subscriber
 from icp.store import eventlog
 from icp.store.eventlog import RecordedEvent
 
@@ -53,6 +58,34 @@ def event_text(cache: dict[int, str], event: RecordedEvent) -> str:
 
 def _dumps(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
+class EventFanout:
+    """The node's one subscription to the event feed for every connection. Messages are left out:
+    the messaging hub delivers them to their channel's members, and a batch with nothing else in
+    it costs the connections nothing."""
+
+    def __init__(self) -> None:
+        self.connections: set[Connection] = set()
+        self._subscribed = False
+
+    def attach(self, app: web.Application, conn: Connection) -> Callable[[], None]:
+        if not self._subscribed:  # the feed exists once the app has started
+            app[appkeys.FEED].subscribe(self.on_events)
+            self._subscribed = True
+        self.connections.add(conn)
+        return lambda: self.connections.discard(conn)
+
+    def on_events(self, batch: list[RecordedEvent]) -> None:
+        general = [e for e in batch if not e.type.startswith(MESSAGE_PREFIX)]
+        if not general:
+            return
+        for conn in list(self.connections):
+            try:
+                conn._on_events(general)
+            except Exception:
+                log.exception("delivering events to a connection failed")
+
+
+FANOUT = web.AppKey("event_fanout", EventFanout)
 MAX_REPLAY_EVENTS = 100_000
 POSITIONS_EVERY_S = 0.25
 TICK_S = 1.0
@@ -81,6 +114,9 @@ class Connection:
         self.ops: asyncio.Queue[protocol.Execute] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.cleanups: list[Callable[[], None]] = []
+        self.subscriber: Subscriber | None = None  # message delivery, for principals that take part
+        self._room = asyncio.Event()  # set by the sender when the queue has _room_wanted free places
+        self._room_wanted = 0
         self.closed = False
 
     # -- the loops ---------------------------------------------------------------------------------
@@ -118,6 +154,9 @@ class Connection:
     async def _send_loop(self) -> None:
         while True:
             item = await self.out.get()
+            if self._room_wanted and SEND_QUEUE - self.out.qsize() >= self._room_wanted:
+                self._room_wanted = 0
+                self._room.set()
             if isinstance(item, protocol.Close):
                 if not self.ws.closed:
                     await self.ws.close(code=item.code, message=item.reason.encode())
@@ -145,10 +184,10 @@ class Connection:
                 self._close(action)
             elif isinstance(action, protocol.Authenticate):
                 self._spawn(self._authenticate(action))
-            elif isinstance(action, protocol.Execute) and action.op == "position":
-                # Positions are handled synchronously and a fix does not depend on earlier ops:
-                # skipping the worker's queue saves a task switch per fix (the busiest op by far).
-                self._position(action)
+            elif isinstance(action, protocol.Execute) and action.op in ("position", "message.receipt"):
+                # Positions and receipts are handled synchronously (memory only) and do not depend
+                # on earlier ops: skipping the worker's queue saves a task switch each.
+                self._inline(action)
             elif isinstance(action, protocol.Execute):
                 # One worker per connection: a client's operations apply in the order it sent them.
                 if self.ops is None:
@@ -196,7 +235,14 @@ class Connection:
                                                  who.unit)
             self.unit_incidents = {r["incident_id"] for r in rows}
         feed = app[appkeys.FEED]
-        self.cleanups.append(feed.subscribe(self._on_events))
+        self.cleanups.append(app[FANOUT].attach(app, self))
+        messaging = app.get(MESSAGING)
+        if messaging is not None:
+            self.subscriber = messaging.subscriber(
+                who, send=self.send, wait_room=self.wait_room, abort=self._abort,
+                closed=lambda: self.closed)
+            if self.subscriber is not None:  # held back until caught up, below
+                self.cleanups.append(messaging.hub.attach(self.subscriber))
         head = feed.head
         self.perform(self.session.authenticated(who.to_json(), secrets.token_hex(8), head))
         self.last_seq = head
@@ -208,6 +254,19 @@ class Connection:
         self.live_ready = True
         held, self.held = self.held, []
         self._deliver(held)
+        if messaging is not None and self.subscriber is not None:
+            await messaging.catch_up(self.subscriber)
+
+    async def wait_room(self, frames: int) -> None:
+        """Until the send queue has room for ``frames`` more (or the connection is closing)."""
+        while SEND_QUEUE - self.out.qsize() < frames and not self.closed:
+            self._room_wanted = frames
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):  # the sender may have stopped: look again
+                await asyncio.wait_for(self._room.wait(), 1.0)
+
+    def _abort(self, code: int, reason: str) -> None:
+        self.perform(self.session.close(code, reason))
 
     async def _replay(self, after: int, upto: int, page: int = 500) -> None:
         pool = self.app[appkeys.POOL]
@@ -242,6 +301,8 @@ class Connection:
     def _visible(self, event: RecordedEvent) -> bool:
         who = self.who
         if who is None:
+            return False
+        if event.type.startswith(MESSAGE_PREFIX):  # messages go to their channel's members only
             return False
         allowed = self.agency_set
         if allowed is not None and eventlog.PUBLIC not in event.visibility and allowed.isdisjoint(event.visibility):
@@ -283,12 +344,15 @@ class Connection:
         while True:
             await self._execute(await self.ops.get())
 
-    def _position(self, action: protocol.Execute) -> None:
+    def _inline(self, action: protocol.Execute) -> None:
         who = self.who
         assert who is not None
         try:
             ops.check_audience(who, action.op, protocol.OPS[action.op].audience.value)
-            result = ops.position(self.app, who, action.args)
+            if action.op == "position":
+                result = ops.position(self.app, who, action.args)
+            else:
+                result = ops.receipt(self.app, self.subscriber, action.args)
         except Exception as exc:
             self._op_failed(action, exc)
             return
@@ -347,4 +411,5 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 def setup(app: web.Application) -> None:
     app[EVENT_TEXT] = {}
+    app[FANOUT] = EventFanout()
     app.router.add_get("/ws", websocket)

@@ -3,7 +3,9 @@
 State-changing operations run through `transact` with the op id as an idempotency key (namespaced
 ``ws:``), so an operation is applied at most once: a repeat — in the same session or after a
 reconnect — gets the stored answer. Positions are not stored per op (a repeated fix is refused
-as "older than the last" anyway).
+as "older than the last" anyway). Messages are made at most once by their client id (the op id
+unless the client names one), which the message store keeps with the message; receipts are
+cumulative, so a repeat changes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from icp.auth.principal import Principal, Role
 from icp.dispatch_service import Written, sees_incident, transact
 from icp.errors import Problem, forbidden
 from icp.gateway.positions import Fix
+from icp.messaging import MESSAGING
+from icp.messaging.hub import Subscriber
 
 ASSIGNMENT_OPS: dict[str, type[cmd.Command]] = {
     "ack": cmd.AcknowledgeAssignment, "decline": cmd.DeclineAssignment, "en_route": cmd.UnitEnRoute,
@@ -46,8 +50,8 @@ async def execute(app: web.Application, who: Principal, op: str, op_id: str, arg
     domain error, which the caller turns into an ``error`` frame)."""
     if op == "position":
         return position(app, who, args)
-    if op == "message.send":
-        raise Problem(501, "unsupported", "messaging is not available on this server yet")
+    if op.startswith(("message.", "channel.")):
+        return await _messaging(app, who, op, op_id, args)
     if op == "recommend":
         return await _recommend(app, who, args["incident"])
     if op == "incident.create":
@@ -127,6 +131,36 @@ async def _recommend(app: web.Application, who: Principal, incident_id: str) -> 
         raise Problem(404, "not_found", f"incident {incident_id} is not open or not yours")
     rec = await app[appkeys.DISPATCH].recommend(incident_id)
     return {"recommendation": rec.to_dict()}
+
+
+async def _messaging(app: web.Application, who: Principal, op: str, op_id: str, args: dict[str, Any]
+                     ) -> dict[str, Any]:
+    service = app[MESSAGING]
+    if op == "message.send":
+        return await service.send(who, args["channel"], args["text"], priority=args.get("priority", "normal"),
+                                  attachment_id=args.get("attachment"),
+                                  client_id=args.get("client_id") or _client_id(op_id))
+    if op == "message.ack":
+        return await service.acknowledge(who, args["channel"], args["seq"])
+    if op == "message.history":
+        return await service.history(who, args["channel"], args.get("before"), args.get("limit", 50))
+    if op == "channel.list":
+        return {"channels": await service.list_channels(who)}
+    raise Problem(400, "unknown_op", f"unknown operation {op!r}")
+
+
+def _client_id(op_id: str) -> str:
+    """The op id as a message's client id (ids with other characters are hashed into the alphabet)."""
+    if 0 < len(op_id) <= 100 and all(c.isascii() and (c.isalnum() or c in "._:-") for c in op_id):
+        return op_id
+    return "op." + hashlib.sha256(op_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+def receipt(app: web.Application, subscriber: Subscriber | None, args: dict[str, Any]) -> dict[str, Any]:
+    """A client's delivered/read cursors (synchronous: memory only, written in batches)."""
+    if subscriber is None:
+        raise forbidden("messaging is for units, dispatchers, supervisors and administrators")
+    return app[MESSAGING].confirm(subscriber, args["receipts"])
 
 
 def position(app: web.Application, who: Principal, args: dict[str, Any]) -> dict[str, Any]:

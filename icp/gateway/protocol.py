@@ -24,7 +24,7 @@ __all__ = [
     "MAX_FRAME_BYTES", "OPS", "PROTOCOL_VERSION", "SUPPORTED_PROTOCOLS",
     "Action", "Audience", "Authenticate", "Check", "Close", "CloseCode", "ErrorCode", "Execute", "Field", "FieldError",
     "FieldErrorLike", "OpId", "OpSpec", "Origin", "Send", "Session", "State",
-    "error_frame", "event_frame", "positions_frame", "resync_frame",
+    "error_frame", "event_frame", "message_frame", "positions_frame", "receipts_frame", "resync_frame",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -44,6 +44,9 @@ MAX_ID_CHARS: Final = 100
 MAX_TOKEN_CHARS: Final = 4096
 MAX_TOPICS: Final = 100
 MAX_MESSAGE_CHARS: Final = 4000
+MAX_HISTORY: Final = 50  # messages per message.history answer
+MAX_RECEIPTS: Final = 100  # channels per message.receipt
+MAX_SEQ: Final = 2**53 - 1  # the largest integer every JSON reader holds exactly
 MAX_ADDRESS_CHARS: Final = 500
 _MAX_REASON_BYTES: Final = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 
@@ -480,6 +483,7 @@ _LAT = Field("lat", Number(-90, 90))
 _LON = Field("lon", Number(-180, 180))
 _ASSIGNMENT = Field("assignment", IDENT)
 _INCIDENT = Field("incident", IDENT)
+_CHANNEL = Field("channel", IDENT)
 _TOPICS = Field("topics", ListOf(TOPIC, MAX_TOPICS, "topics", drop_repeats=True))
 
 HELLO: Final = Record((
@@ -528,9 +532,6 @@ OPS: Mapping[str, OpSpec] = MappingProxyType({spec.name: spec for spec in (
     OpSpec("en_route", Audience.UNIT, Record((_ASSIGNMENT,)), "the unit is on its way"),
     OpSpec("on_scene", Audience.UNIT, Record((_ASSIGNMENT,)), "the unit has arrived"),
     OpSpec("clear", Audience.UNIT, Record((_ASSIGNMENT,)), "the unit is done with the assignment"),
-    OpSpec("message.send", Audience.UNIT, Record((
-        Field("channel", IDENT), Field("text", Text(MAX_MESSAGE_CHARS)),
-    )), "post a message to a channel"),
     OpSpec("subscribe", Audience.CONSOLE, Record((_TOPICS,)),
            "receive `event` frames (`events`, `incident:<id>`) or `positions` frames; repeats are merged"),
     OpSpec("unsubscribe", Audience.CONSOLE, Record((_TOPICS,)), "stop receiving those topics"),
@@ -554,6 +555,28 @@ OPS: Mapping[str, OpSpec] = MappingProxyType({spec.name: spec for spec in (
     OpSpec("incident.cancel", Audience.CONSOLE, Record((_INCIDENT, Field("reason", REASON, required=False))),
            "cancel the incident"),
     OpSpec("recommend", Audience.CONSOLE, Record((_INCIDENT,)), "rank units for the incident's response plan"),
+    OpSpec("message.send", Audience.ANY, Record((
+        _CHANNEL, Field("text", Text(MAX_MESSAGE_CHARS)),
+        Field("priority", Choice(("normal", "emergency")), required=False),
+        Field("attachment", IDENT, required=False),
+        Field("client_id", Pattern(re.compile(r"[A-Za-z0-9._:-]{1,100}"),
+                                   "1 to 100 letters, digits, '.', '_', ':' or '-'"), required=False),
+    )), "post a message to a channel (members only); `client_id` (default: the op id) makes a resend "
+        "return the first message"),
+    OpSpec("message.receipt", Audience.ANY, Record((
+        Field("receipts", ListOf(Record((
+            _CHANNEL, Field("delivered", Integer(0, MAX_SEQ), required=False),
+            Field("read", Integer(0, MAX_SEQ), required=False),
+        ), at_least_one=("delivered", "read")), MAX_RECEIPTS, "receipts {channel, delivered?, read?}",
+            key=lambda r: r["channel"])),
+    )), "confirm, per channel, the last message received (`delivered`) and read (`read`): cumulative"),
+    OpSpec("message.ack", Audience.ANY, Record((_CHANNEL, Field("seq", Integer(1, MAX_SEQ)))),
+           "acknowledge a message (emergency messages ask every member to)"),
+    OpSpec("message.history", Audience.ANY, Record((
+        _CHANNEL, Field("before", Integer(1, MAX_SEQ), required=False),
+        Field("limit", Integer(1, MAX_HISTORY), required=False),
+    )), "a channel's messages before `before` (default: the newest), oldest first"),
+    OpSpec("channel.list", Audience.ANY, Record(()), "the channels this principal is a member of"),
     OpSpec("ping", Audience.ANY, Record(()), "answered at once by `pong` with `ref` = the id, if any",
            local=True),
     OpSpec("pong", Audience.ANY, Record(()), "answers a server `ping` (may echo its `t`); no answer",
@@ -583,6 +606,22 @@ def event_frame(wire_event: Mapping[str, Any]) -> dict[str, Any]:
 
 def positions_frame(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return {"op": "positions", "units": batch}
+
+
+def message_frame(view: Mapping[str, Any], *, repeat: bool = False) -> dict[str, Any]:
+    """A `message` frame from a message's view (channel, seq, at, sender, text, priority, …);
+    ``repeat`` marks an emergency message sent again because it is not acknowledged yet."""
+    if "op" in view:
+        raise ValueError("a message view has no 'op' key")
+    frame = {"op": "message", **view}
+    if repeat:
+        frame["repeat"] = True
+    return frame
+
+
+def receipts_frame(receipts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Receipts for a sender: {channel, seq, member, delivered_at?, read_at?, acked_at?} each."""
+    return {"op": "receipts", "receipts": receipts}
 
 
 def resync_frame(reason: str, head_seq: int) -> dict[str, Any]:

@@ -71,10 +71,12 @@ def op(s: Session, name: str, op_id: Any = "op-1", now: float = T0 + 1, **fields
 # ---------------------------------------------------------------------------------------------
 # The op table, written out independently of the implementation so that a change to either shows.
 
-UNIT_OPS = {"position", "status", "ack", "decline", "en_route", "on_scene", "clear", "message.send"}
+UNIT_OPS = {"position", "status", "ack", "decline", "en_route", "on_scene", "clear"}
 CONSOLE_OPS = {"subscribe", "unsubscribe", "incident.create", "incident.dispatch", "incident.note",
                "incident.close", "incident.cancel", "recommend"}
-ANY_OPS = {"ping", "pong"}
+# Messaging is for units and consoles alike; the handler decides membership.
+MESSAGE_OPS = {"message.send", "message.receipt", "message.ack", "message.history", "channel.list"}
+ANY_OPS = {"ping", "pong", *MESSAGE_OPS}
 
 POSITION = {"lat": 51.5, "lon": -0.12, "time": "2026-05-01T12:00:00Z"}
 LONG = "x" * 129
@@ -127,11 +129,39 @@ CASES: dict[str, tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]
     "message.send": ({"channel": "incident:2026-000123", "text": "on our way"}, [
         ({}, {"channel": "incident:2026-000123", "text": "on our way"}),
         ({"text": "é" * 4000}, {"channel": "incident:2026-000123", "text": "é" * 4000}),
+        ({"priority": "emergency", "attachment": "att_0f", "client_id": "E1:m-7"},
+         {"channel": "incident:2026-000123", "text": "on our way", "priority": "emergency", "attachment": "att_0f",
+          "client_id": "E1:m-7"}),
     ], [
         ({"channel": MISSING}, "/channel"), ({"channel": "two words"}, "/channel"), ({"text": MISSING}, "/text"),
         ({"text": ""}, "/text"), ({"text": "   "}, "/text"), ({"text": "t" * 4001}, "/text"),
         ({"text": "a\u0000b"}, "/text"), ({"text": "lone \ud800 surrogate"}, "/text"), ({"text": ["hi"]}, "/text"),
+        ({"priority": "urgent"}, "/priority"), ({"attachment": "../etc/passwd"}, "/attachment"),
+        ({"client_id": "c" * 101}, "/client_id"), ({"client_id": "with space"}, "/client_id"),
     ]),
+    "message.receipt": ({"receipts": [{"channel": "agency:fire", "delivered": 7}]}, [
+        ({}, {"receipts": [{"channel": "agency:fire", "delivered": 7}]}),
+        ({"receipts": [{"channel": "agency:fire", "read": 9}, {"channel": "incident:I1", "delivered": 0, "read": 3}]},
+         {"receipts": [{"channel": "agency:fire", "read": 9}, {"channel": "incident:I1", "delivered": 0, "read": 3}]}),
+    ], [
+        ({"receipts": MISSING}, "/receipts"), ({"receipts": []}, "/receipts"),
+        ({"receipts": [{"channel": "agency:fire"}]}, "/receipts/0/delivered"),
+        ({"receipts": [{"channel": "agency:fire", "delivered": -1}]}, "/receipts/0/delivered"),
+        ({"receipts": [{"channel": "agency:fire", "read": 2**53}]}, "/receipts/0/read"),
+        ({"receipts": [{"channel": "x y", "read": 1}]}, "/receipts/0/channel"),
+        ({"receipts": [{"channel": "a:b", "read": 1}, {"channel": "a:b", "read": 2}]}, "/receipts/1"),
+        ({"receipts": [{"channel": f"a:{i}", "read": 1} for i in range(101)]}, "/receipts"),
+    ]),
+    "message.ack": ({"channel": "incident:I1", "seq": 12}, [({}, {"channel": "incident:I1", "seq": 12})], [
+        ({"seq": MISSING}, "/seq"), ({"seq": 0}, "/seq"), ({"seq": "12"}, "/seq"), ({"channel": MISSING}, "/channel"),
+    ]),
+    "message.history": ({"channel": "talkgroup:fire:ops"}, [
+        ({}, {"channel": "talkgroup:fire:ops"}),
+        ({"before": 90, "limit": 50}, {"channel": "talkgroup:fire:ops", "before": 90, "limit": 50}),
+    ], [
+        ({"limit": 51}, "/limit"), ({"limit": 0}, "/limit"), ({"before": 0}, "/before"), ({"before": 1.5}, "/before"),
+    ]),
+    "channel.list": ({}, [({}, {}), ({"extra": "ignored"}, {})], []),
     **{name: ({"topics": ["events"]}, [
         ({}, {"topics": ["events"]}),
         ({"topics": ["events", "positions", "incident:2026-000123", "events"]},
@@ -213,7 +243,7 @@ def patched(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_op_table_names_every_op_of_v1_with_its_audience():
     assert set(OPS) == UNIT_OPS | CONSOLE_OPS | ANY_OPS
-    assert set(CASES) == UNIT_OPS | CONSOLE_OPS
+    assert set(CASES) == UNIT_OPS | CONSOLE_OPS | MESSAGE_OPS
     for names, audience in ((UNIT_OPS, "unit"), (CONSOLE_OPS, "console"), (ANY_OPS, "any")):
         assert {n for n in names if OPS[n].audience == audience} == names
 
@@ -758,7 +788,8 @@ def test_the_document_examples_behave_as_shown():
     session = opened()
     for i, (direction, example) in enumerate(frames):
         if direction == "←":
-            assert example["op"] in {"welcome", "ok", "error", "event", "positions", "resync", "ping", "pong"}
+            assert example["op"] in {"welcome", "ok", "error", "event", "positions", "resync", "ping", "pong",
+                                     "message", "receipts"}
             continue
         shown = frames[i + 1][1] if i + 1 < len(frames) and frames[i + 1][0] == "←" else None
         if example["op"] == "hello" or (shown and shown.get("code") == "hello_expected"):

@@ -1,0 +1,157 @@
+"""Delivered and read receipts: confirmed by clients as cursors, written in batches, told to senders.
+
+A client confirms, per channel, the last message it received (``delivered``) and read (``read``);
+both only move forward. The node keeps the newest confirmation of each (member, channel) in memory
+and writes them every ``flush_s`` in one statement that advances the cursors and records a receipt
+row for every message they newly cover (`store.flush_cursors`). The receipts so recorded are
+published with NOTIFY ``icp_receipts`` (payloads of at most ~7 KB), and every node hands them to
+the senders connected to it. Receipts are state, not history: they stay out of the event log.
+
+Bounds: at most ``max_pending`` (member, channel) confirmations wait for a flush; beyond that new
+ones are dropped (the next confirmation of the same cursor carries them anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+from icp.messaging import store
+from icp.store.database import connect
+from icp.store.eventlog import format_at
+
+log = logging.getLogger(__name__)
+
+RECEIPTS_CHANNEL = "icp_receipts"
+MAX_PAYLOAD = 7000  # NOTIFY allows 8000 bytes
+
+
+def encode_payloads(rows: Sequence[Any]) -> list[str]:
+    """Receipt rows as NOTIFY payloads: JSON lists of [sender, channel, seq, member, delivered, read]."""
+    out: list[str] = []
+    chunk: list[str] = []
+    size = 2
+    for r in rows:
+        item = json.dumps([r["sender"], r["channel_id"], r["seq"], r["member"],
+                           format_at(r["delivered_at"]) if r["delivered_at"] else None,
+                           format_at(r["read_at"]) if r["read_at"] else None], separators=(",", ":"))
+        if chunk and size + len(item) + 1 > MAX_PAYLOAD:
+            out.append("[" + ",".join(chunk) + "]")
+            chunk, size = [], 2
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        out.append("[" + ",".join(chunk) + "]")
+    return out
+
+
+def decode_payload(payload: str) -> list[tuple[str, dict[str, Any]]]:
+    """(sender, receipt) pairs from a NOTIFY payload; anything malformed is skipped."""
+    try:
+        items = json.loads(payload)
+    except ValueError:
+        return []
+    out: list[tuple[str, dict[str, Any]]] = []
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, list) and len(item) == 6:
+            sender, channel, seq, member, delivered, read = item
+            receipt: dict[str, Any] = {"channel": channel, "seq": seq, "member": member}
+            if delivered:
+                receipt["delivered_at"] = delivered
+            if read:
+                receipt["read_at"] = read
+            out.append((str(sender), receipt))
+    return out
+
+
+class ReceiptBook:
+    def __init__(self, pool: asyncpg.Pool, url: str, deliver: Callable[[str, dict[str, Any]], None], *,
+                 flush_s: float = 0.25, max_pending: int = 100_000) -> None:
+        self._pool = pool
+        self._url = url
+        self._deliver = deliver
+        self.flush_s = flush_s
+        self.max_pending = max_pending
+        self._pending: dict[tuple[str, str], list[int]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.flushed = 0
+        self.listening = False
+
+    def confirm(self, member: str, channel_id: str, delivered: int, read: int) -> None:
+        """Note a client's confirmation (written at the next flush)."""
+        key = (member, channel_id)
+        held = self._pending.get(key)
+        if held is None:
+            if len(self._pending) >= self.max_pending:
+                return
+            self._pending[key] = [delivered, read]
+        else:
+            held[0], held[1] = max(held[0], delivered), max(held[1], read)
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._flush_loop(), name="icp-receipts-flush"),
+                       asyncio.create_task(self._listen(), name="icp-receipts-listen")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self.flush()  # what clients confirmed before the node stopped
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            try:
+                await self.flush()
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("writing receipts failed (kept for the next try): %s", exc)
+
+    async def flush(self) -> int:
+        """Write what was confirmed; returns how many receipts that recorded."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await store.flush_cursors(conn, ((m, c, d, r) for (m, c), (d, r) in pending.items()))
+                for payload in encode_payloads(rows):
+                    await conn.execute("SELECT pg_notify($1, $2)", RECEIPTS_CHANNEL, payload)
+        except BaseException:
+            for (m, c), (d, r) in pending.items():  # keep them for the next flush
+                self.confirm(m, c, d, r)
+            raise
+        self.flushed += len(rows)
+        return len(rows)
+
+    async def _listen(self) -> None:
+        def on_notify(_conn: object, _pid: object, _channel: object, payload: object) -> None:
+            for sender, receipt in decode_payload(str(payload)):
+                self._deliver(sender, receipt)
+
+        while True:
+            conn = None
+            try:
+                conn = await connect(self._url, timeout=5)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(RECEIPTS_CHANNEL, on_notify)
+                self.listening = True
+                await lost.wait()
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                log.debug("receipts listener unavailable: %s", exc)
+            finally:
+                self.listening = False
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=2)
+            await asyncio.sleep(1.0)
