@@ -170,7 +170,7 @@ async def patch_endpoint(request: web.Request) -> web.Response:
         " WHERE id = $1 RETURNING *", row["id"], url, patterns, description, status)
     await _log(request, "webhook.endpoint_updated", row["id"], agency_id,
                {"url": url, "events": patterns, "status": status})
-    request.app[appkeys.WEBHOOKS].kick()
+    request.app[appkeys.WEBHOOKS].kick(row["id"])
     return json_response(endpoints.Endpoint.from_row(updated).to_json())
 
 
@@ -182,6 +182,7 @@ async def delete_endpoint(request: web.Request) -> web.Response:
     row = await _endpoint_row(request, agency_id)
     await request.app[appkeys.POOL].execute("DELETE FROM webhook_endpoints WHERE id = $1", row["id"])
     await _log(request, "webhook.endpoint_deleted", row["id"], agency_id, {"url": row["url"]})
+    request.app[appkeys.WEBHOOKS].kick(row["id"])
     return web.Response(status=204)
 
 
@@ -217,7 +218,7 @@ async def replay(request: web.Request) -> web.Response:
         " WHERE endpoint_id = $1 AND seq > $2 AND status <> 'pending' RETURNING 1) SELECT count(*) FROM r",
         row["id"], after)
     await _log(request, "webhook.replayed", row["id"], agency_id, {"after_seq": after, "deliveries": count})
-    request.app[appkeys.WEBHOOKS].kick()
+    request.app[appkeys.WEBHOOKS].kick(row["id"])
     return json_response({"queued": count})
 
 
@@ -298,7 +299,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
         "UPDATE webhook_deliveries SET status = 'pending', due_at = now(), retry_base = attempts WHERE id = $1"
         " RETURNING *", row["id"])
     await _log(request, "webhook.retried", row["endpoint_id"], row["agency_id"], {"delivery_id": row["id"]})
-    request.app[appkeys.WEBHOOKS].kick()
+    request.app[appkeys.WEBHOOKS].kick(row["endpoint_id"])
     return json_response(_delivery_json(updated), status=202)
 
 

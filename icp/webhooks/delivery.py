@@ -68,6 +68,8 @@ class Lane:
     url: str
     secrets: list[str]
     task: asyncio.Task[None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # new deliveries fanned out for it
+    recheck: bool = False  # the endpoint changed (paused, deleted): look at its row now
 
 
 class Deliverer:
@@ -120,8 +122,12 @@ class Deliverer:
         """New events were committed (the event feed calls this)."""
         self._fanout_wake.set()
 
-    def kick(self) -> None:
-        """Something may be due now (a manual retry, a resumed endpoint)."""
+    def kick(self, endpoint_id: str | None = None) -> None:
+        """Something may be due now (a manual retry, a resumed endpoint), or an endpoint changed."""
+        lane = self.lanes.get(endpoint_id) if endpoint_id else None
+        if lane is not None:
+            lane.recheck = True
+            lane.wake.set()
         self._claim_wake.set()
 
     # -- fan-out --------------------------------------------------------------------------------
@@ -134,8 +140,12 @@ class Deliverer:
                 while True:
                     async with self._pool.acquire() as conn, conn.transaction():
                         consumed, touched = await fan_out(conn, self._incident_view)
-                    if touched:
-                        self._claim_wake.set()
+                    for endpoint_id in touched:  # a running lane takes them; otherwise claim it
+                        lane = self.lanes.get(endpoint_id)
+                        if lane is not None:
+                            lane.wake.set()
+                        else:
+                            self._claim_wake.set()
                     if consumed == 0:
                         break
             except (asyncpg.PostgresError, OSError) as exc:
@@ -198,20 +208,40 @@ class Deliverer:
                 self._claim_wake.set()  # more may have been fanned out meanwhile
 
     async def _lane(self, lane: Lane) -> Attempt | None:
+        """Work one endpoint while it has deliveries, and a while after (an idle lane waits for
+        the next fan-out instead of being claimed afresh for every event)."""
         after = 0
         last: Attempt | None = None
+        renewed, idle_since = -1e9, None
         while not self._stopping:
-            status = await self._pool.fetchval(
-                "UPDATE webhook_endpoints SET lease_until = now() + make_interval(secs => $3)"
-                " WHERE id = $1 AND lease_owner = $2 RETURNING status", lane.endpoint_id, self.node, self.lease_s)
-            if status != "active":
-                return last  # lease lost, paused, disabled or deleted
+            if lane.recheck or time.monotonic() - renewed > self.lease_s / 3:
+                if lane.recheck and last is not None:
+                    # A retry or replay put older deliveries back: start from the oldest again,
+                    # once what this lane sent is on record (so nothing is sent twice).
+                    await last.done
+                    after = 0
+                lane.recheck = False
+                status = await self._pool.fetchval(
+                    "UPDATE webhook_endpoints SET lease_until = now() + make_interval(secs => $3)"
+                    " WHERE id = $1 AND lease_owner = $2 RETURNING status", lane.endpoint_id, self.node, self.lease_s)
+                if status != "active":
+                    return last  # lease lost, paused, disabled or deleted
+                renewed = time.monotonic()
+            lane.wake.clear()
             rows = await self._pool.fetch(
                 "SELECT id, seq, msg_id, body, attempts, retry_base, due_at FROM webhook_deliveries"
                 " WHERE endpoint_id = $1 AND status = 'pending' AND seq > $2 ORDER BY seq LIMIT $3",
                 lane.endpoint_id, after, LANE_BATCH)
             if not rows:
-                return last
+                now = time.monotonic()
+                if idle_since is None:
+                    idle_since = now
+                elif now - idle_since > self.lease_s / 3:
+                    return last  # idle long enough: let the endpoint go
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lane.wake.wait(), self.poll_s)
+                continue
+            idle_since = None
             for row in rows:
                 attempts, due = row["attempts"], row["due_at"]
                 while True:
