@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from typing import Any
 
 import asyncpg
@@ -131,9 +130,9 @@ async def post_batch(request: web.Request) -> web.Response:
             results[n] = {"error": {"code": "forbidden", "message": f"this key posts for {who.source!r} only"}}
         else:
             accepted.append((n, item))
-    # Each item's own JSON is its raw payload (the batch as a whole is not kept per alert).
+    # Each item's own JSON (its report's) is its raw payload (the batch as a whole is not kept per alert).
     outcomes = await request.app[appkeys.INTAKE].accept_all(
-        [(item, _item_raw(item), "application/json") for _, item in accepted], who)
+        [(item, None, "application/json") for _, item in accepted], who)
     for (n, _), outcome in zip(accepted, outcomes, strict=True):
         if isinstance(outcome, BaseException):  # this one failed; the others stand
             failed = to_problem(outcome)
@@ -142,10 +141,6 @@ async def post_batch(request: web.Request) -> web.Response:
             results[n] = outcome.to_json()
     ok = any(r is not None and "error" not in r for r in results)
     return json_response({"results": results}, status=202 if ok else 422)
-
-
-def _item_raw(item: AlertReport) -> bytes:
-    return json.dumps(item.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @operation("Post a CAP 1.2 document (application/cap+xml or application/xml)", tags=("intake",),

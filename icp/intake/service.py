@@ -16,6 +16,7 @@ database (within the batch's transaction), so alerts of one batch see each other
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass, replace
@@ -25,13 +26,14 @@ from typing import Any
 import asyncpg
 
 from dispatch import commands as cmd
+from dispatch import events as dev
 from dispatch.alert_rules import AlertRules, default_alert_rules
 from dispatch.correlation import AlertFacts, OpenIncident, OpenIncidents, correlate, default_policy
 from dispatch.decide import decide
 from dispatch.errors import DomainError
 from dispatch.evolve import evolve_all
-from dispatch.incident import Incident
-from dispatch.lifecycle import OPEN_INCIDENT
+from dispatch.incident import Incident, IncidentNumber
+from dispatch.lifecycle import INCIDENT, OPEN_INCIDENT, IncidentStatus
 from dispatch.state import DispatchState
 from geo.coords import Point
 from icp import dispatch_store as store
@@ -70,9 +72,19 @@ class AlertOutcome:
 @dataclass(frozen=True, slots=True)
 class _Submission:
     report: AlertReport
-    raw: bytes
+    raw: bytes | None  # None: the report's own JSON is the payload (an item of a native batch)
     content_type: str
     who: Principal
+    report_json: str  # the report as stored, encoded once
+
+    @classmethod
+    def of(cls, report: AlertReport, raw: bytes | None, content_type: str, who: Principal) -> _Submission:
+        return cls(report, raw, content_type, who, report_json(report))
+
+
+def report_json(report: AlertReport) -> str:
+    """The stored form of a report: compact JSON text (also the raw payload of a batch item)."""
+    return json.dumps(report.to_json(), separators=(",", ":"), ensure_ascii=False)
 
 
 class IntakeService:
@@ -82,75 +94,78 @@ class IntakeService:
         self.dispatch = dispatch
         self.rules = rules or default_alert_rules()
         self.policy = default_policy()
+        self._open_seen: dict[str, tuple[tuple[Any, ...], OpenIncident]] = {}
+
+    def open_incident(self, row: asyncpg.Record) -> OpenIncident:
+        """An open incident's summary row as correlation sees it; the value made for the same row
+        last time is reused (most open incidents do not change between two batches)."""
+        key = (row["incident_type"], row["lat"], row["lon"], row["created_at"], row["priority"],
+               row["alert_count"], row["last_alert_at"])
+        seen = self._open_seen.get(row["id"])
+        if seen is not None and seen[0] == key:
+            return seen[1]
+        if len(self._open_seen) >= 50_000:
+            self._open_seen.clear()
+        incident = OpenIncident(id=row["id"], incident_type=key[0], location=Point(lat=key[1], lon=key[2]),
+                                created_at=key[3], priority=key[4], alert_count=key[5], last_alert_at=key[6])
+        self._open_seen[row["id"]] = (key, incident)
+        return incident
 
     async def accept(self, report: AlertReport, raw: bytes, content_type: str, who: Principal) -> AlertOutcome:
         """Record one alert; return once it is durable (or was already)."""
-        result, _ = await self.committer.submit_batched(self._record_many, _Submission(report, raw, content_type, who))
+        result, _ = await self.committer.submit_batched(self._record_many,
+                                                        _Submission.of(report, raw, content_type, who))
         return result  # type: ignore[no-any-return]
 
-    async def accept_all(self, items: list[tuple[AlertReport, bytes, str]], who: Principal) -> list[Any]:
-        """Record many alerts in one go (they share a transaction): an outcome or an exception each."""
-        subs = [_Submission(report, raw, content_type, who) for report, raw, content_type in items]
+    async def accept_all(self, items: list[tuple[AlertReport, bytes | None, str]], who: Principal) -> list[Any]:
+        """Record many alerts in one go (they share a transaction): an outcome or an exception each.
+        A raw payload of None keeps the report's own JSON as the payload."""
+        subs = [_Submission.of(report, raw, content_type, who) for report, raw, content_type in items]
         results = await self.committer.submit_batched_all(self._record_many, subs)
         return [r[0] if isinstance(r, tuple) else r for r in results]
 
     # -- a batch of alerts, inside the shared transaction --------------------------------------------
     async def _record_many(self, conn: asyncpg.Connection, subs: list[_Submission]) -> list[Staged[AlertOutcome]]:
-        """Claim every alert with one statement, route them in order (correlation in memory,
-        against one read of the open incidents nearby), write what changed in a few pipelined
-        statements, and stage each alert's events."""
+        """Find the repeats with one statement, route the new alerts in order (correlation in
+        memory, against one read of the open incidents nearby), write what they did in a few
+        statements (each alert inserted once, with its outcome), and stage each alert's events.
+
+        Every intake transaction holds the correlation lock from its start, so no other node
+        inserts alerts meanwhile: what the first read did not find is new."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", CORRELATION_LOCK_KEY)
         now = datetime.now(UTC)
-        ids = ["AL-" + uuid.uuid4().hex[:20] for _ in subs]
-        claimed = {r["id"] for r in await conn.fetch(
-            "INSERT INTO alerts (id, source, identifier, kind, msg_type, status, sent, received_at, lat, lon,"
-            " outcome, report, raw, content_type, principal)"
-            " SELECT id, s, i, k, m, st, sent, $8, lat, lon, 'recorded', report, raw, ct, who"
-            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
-            " $7::timestamptz[], $9::float8[], $10::float8[], $11::jsonb[], $12::bytea[], $13::text[], $14::text[])"
-            " AS u(id, s, i, k, m, st, sent, lat, lon, report, raw, ct, who)"
-            " ON CONFLICT (source, identifier) DO NOTHING RETURNING id",
-            ids, [x.report.source for x in subs], [x.report.identifier for x in subs],
-            [x.report.kind.value for x in subs], [x.report.msg_type.value for x in subs],
-            [x.report.status.value for x in subs], [x.report.sent for x in subs], now,
-            [x.report.location.lat if x.report.location else None for x in subs],
-            [x.report.location.lon if x.report.location else None for x in subs],
-            [x.report.to_json() for x in subs], [x.raw for x in subs], [x.content_type for x in subs],
-            [f"{x.who.kind}:{x.who.id}" for x in subs],
-        )}
-        batch = _Batch(self, conn, now, [x.report for n, x in enumerate(subs) if ids[n] in claimed])
-        results: list[Staged[AlertOutcome] | None] = [None] * len(subs)
+        rows = await conn.fetch(
+            "SELECT a.source, a.identifier, a.id, a.incident_id FROM alerts a"
+            " JOIN unnest($1::text[], $2::text[]) AS k(s, i) ON a.source = k.s AND a.identifier = k.i",
+            [x.report.source for x in subs], [x.report.identifier for x in subs])
+        earlier: dict[tuple[str, str], tuple[str, str | None]] = {
+            (r["source"], r["identifier"]): (r["id"], r["incident_id"]) for r in rows}
         first: dict[tuple[str, str], int] = {}
-        for n, (alert_id, sub) in enumerate(zip(ids, subs, strict=True)):
-            if alert_id not in claimed:
-                continue
-            first[sub.report.key] = n
-            outcome, staged, agencies = await batch.route(alert_id, sub.report, sub.who)
+        fresh: list[int] = []
+        for n, sub in enumerate(subs):
+            key = sub.report.key
+            if key not in earlier and key not in first:
+                first[key] = n
+                fresh.append(n)
+        batch = _Batch(self, conn, now, [subs[n].report for n in fresh])
+        results: list[Staged[AlertOutcome] | None] = [None] * len(subs)
+        for n in fresh:
+            sub = subs[n]
+            alert_id = "AL-" + uuid.uuid4().hex[:20]
+            outcome, staged, agencies = await batch.route(alert_id, sub)
             outcome = replace(outcome, report=sub.report)  # the 202 names its flags and findings
             results[n] = Staged(outcome, [self._received(alert_id, sub, outcome, agencies), *staged])
         await batch.flush()
-        await self._duplicates(conn, ids, subs, results, first)
-        return [r for r in results if r is not None]
-
-    async def _duplicates(self, conn: asyncpg.Connection, ids: list[str], subs: list[_Submission],
-                          results: list[Staged[AlertOutcome] | None], first: dict[tuple[str, str], int]) -> None:
-        """A repeat answers with the original's ids (from this batch, or from the database)."""
-        missing = [n for n, r in enumerate(results) if r is None and subs[n].report.key not in first]
-        earlier: dict[tuple[str, str], tuple[str, str | None]] = {}
-        if missing:
-            rows = await conn.fetch(
-                "SELECT a.source, a.identifier, a.id, a.incident_id FROM alerts a"
-                " JOIN unnest($1::text[], $2::text[]) AS k(s, i) ON a.source = k.s AND a.identifier = k.i",
-                [subs[n].report.source for n in missing], [subs[n].report.identifier for n in missing])
-            earlier = {(r["source"], r["identifier"]): (r["id"], r["incident_id"]) for r in rows}
-        for n, result in enumerate(results):
-            if result is not None:
+        for n, sub in enumerate(subs):
+            if results[n] is not None:
                 continue
-            key = subs[n].report.key
+            key = sub.report.key
             original = results[first[key]] if key in first else None
             alert_id, incident_id = ((original.result.alert_id, original.result.incident_id)
                                      if original is not None else earlier[key])
             results[n] = Staged(AlertOutcome(alert_id, incident_id, "duplicate",
                                              "this (source, identifier) was received before"), [])
+        return [r for r in results if r is not None]
 
     def _received(self, alert_id: str, sub: _Submission, outcome: AlertOutcome, agencies: list[str]) -> NewEvent:
         report, loc = sub.report, sub.report.location
@@ -227,29 +242,45 @@ class IntakeService:
         return AlertOutcome(alert_id, touched, "recorded", reason), staged
 
 
+class _Stale(RuntimeError):
+    """An incident joined without its lock changed before the batch wrote (a dispatcher closed it
+    or moved it to other agencies): the batch is rolled back and its alerts retried one by one."""
+
+
+_OPEN_STATUSES = sorted(s.value for s in OPEN_INCIDENT)
+
+
 class _Batch:
     """One batch's routing. Correlation runs in memory over one read of the open incidents near
-    the batch (kept current as alerts open and join incidents); an incident is locked and loaded
-    the first time an alert joins it; the rows owed are written by `flush` in a few pipelined
-    statements. CAP Update and Cancel take the per-alert path, after a flush."""
+    the batch (kept current as alerts open and join incidents).
+
+    Joining an incident is usually a plain link, and that path stays light: the event is made
+    here (after the lifecycle check `decide` makes for a link), and `flush` appends the batch's
+    alert ids to each incident's document with one statement, without loading, decoding or
+    re-encoding the incident (whose alert list grows with every detector that fires). An incident
+    that this batch opens, or whose priority or type an alert raises, is locked and loaded whole
+    and goes through the dispatch core. `flush` also inserts each alert once, with where it went,
+    and takes incident numbers from one locked read of the year's counter. CAP Update and Cancel
+    take the per-alert path, after a flush."""
 
     def __init__(self, service: IntakeService, conn: asyncpg.Connection, now: datetime,
                  reports: list[AlertReport]) -> None:
         self.s, self.conn, self.now = service, conn, now
         self.reports = reports
         self.open: OpenIncidents | None = None
-        self.incidents: dict[str, Incident] = {}
+        self.incidents: dict[str, Incident] = {}  # loaded whole (opened here, or changed by an alert)
         self.agencies: dict[str, list[str]] = {}
         self.dirty: set[str] = set()
-        self.alerts: list[tuple[str, str | None, str]] = []
+        self.linked: dict[str, list[dev.AlertLinked]] = {}  # light links not yet written, by incident
+        self.rows: list[tuple[str, _Submission, str | None, str]] = []  # alerts to insert
         self.last_alert: dict[str, datetime] = {}
         self.timers: list[tuple[str, str, datetime]] = []
-        self.correlating = False
+        self.last_number: int | None = None  # the year's counter, locked, as this batch has taken it
+        self.numbers_taken = False
 
-    async def route(self, alert_id: str, report: AlertReport, who: Principal
-                    ) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
+    async def route(self, alert_id: str, sub: _Submission) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
         """Where the alert goes: its outcome, the events that causes, and its incident's agencies."""
-        s = self.s
+        s, report, who = self.s, sub.report, sub.who
         if report.msg_type is MsgType.CANCEL or (report.msg_type is MsgType.UPDATE and report.references):
             await self.flush()  # the per-alert paths read and write the database directly
             self.open, self.incidents, self.agencies = None, {}, {}
@@ -258,20 +289,15 @@ class _Batch:
                        await s._update(self.conn, report, alert_id, self.now, who))
             if handled is not None:
                 outcome, staged = handled
-                self.alerts.append((alert_id, outcome.incident_id, outcome.outcome))
+                self.rows.append((alert_id, sub, outcome.incident_id, outcome.outcome))
                 return outcome, staged, list(await s._visibility(self.conn, outcome.incident_id))
         if not report.actionable or report.location is None:
             why = ("no believable location" if report.location is None else
                    "not actionable (status, message type, threshold or location flags)")
-            return self._recorded(alert_id, why)
+            return self._recorded(alert_id, sub, why)
         decision = s.rules.decide(report.kind, report.severity, report.urgency, report.certainty)
         if decision.incident_type is None:
-            return self._recorded(alert_id, decision.reason)
-        if not self.correlating:
-            # One correlator at a time across nodes: otherwise two simultaneous detectors in one
-            # building could each find no incident and open two.
-            await self.conn.execute("SELECT pg_advisory_xact_lock($1)", CORRELATION_LOCK_KEY)
-            self.correlating = True
+            return self._recorded(alert_id, sub, decision.reason)
         at = min(report.sent, self.now)
         facts = AlertFacts(alert_id=alert_id, kind=report.kind, location=report.location, at=at,
                            priority=decision.priority)
@@ -279,15 +305,18 @@ class _Batch:
         correlation = correlate(facts, open_now, s.policy, s.rules)
         if correlation.action == "attach" and correlation.incident_id is not None:
             incident_id = correlation.incident_id
-            staged = await self._apply(incident_id, correlation.commands(), who)
+            if incident_id in self.incidents or correlation.changed:
+                staged = await self._apply(incident_id, correlation.commands(), who)
+            else:
+                staged = [self._link(incident_id, alert_id, who)]
             current = open_now.get(incident_id)
             if current is not None:
                 self.open = open_now.with_incident(current.after(correlation, at))
-            self._joined(alert_id, incident_id, "attached", at)
+            self._joined(alert_id, sub, incident_id, "attached", at)
             attached = AlertOutcome(alert_id, incident_id, "attached", correlation.reason)
             return attached, staged, self.agencies[incident_id]
         agencies, zone = s.dispatch.placement(report.location, who)
-        number = await store.next_incident_number(self.conn, self.now.year)
+        number = await self._next_number()
         incident_id = str(number)
         self.agencies[incident_id] = agencies
         staged = await self._apply(incident_id, [cmd.CreateIncident(
@@ -297,25 +326,54 @@ class _Batch:
         self.open = open_now.with_incident(OpenIncident.from_incident(self.incidents[incident_id], at))
         if decision.auto_dispatch:
             self.timers.append((AUTO_DISPATCH, incident_id, self.now))
-        self._joined(alert_id, incident_id, "created", at)
+        self._joined(alert_id, sub, incident_id, "created", at)
         return (AlertOutcome(alert_id, incident_id, "created", f"{correlation.reason}; {decision.reason}"),
                 staged, agencies)
 
-    def _recorded(self, alert_id: str, why: str) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
-        self.alerts.append((alert_id, None, "recorded"))
+    def _recorded(self, alert_id: str, sub: _Submission, why: str) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
+        self.rows.append((alert_id, sub, None, "recorded"))
         return AlertOutcome(alert_id, None, "recorded", why), [], []
 
-    def _joined(self, alert_id: str, incident_id: str, outcome: str, at: datetime) -> None:
-        self.alerts.append((alert_id, incident_id, outcome))
+    def _joined(self, alert_id: str, sub: _Submission, incident_id: str, outcome: str, at: datetime) -> None:
+        self.rows.append((alert_id, sub, incident_id, outcome))
         previous = self.last_alert.get(incident_id)
         self.last_alert[incident_id] = at if previous is None or at > previous else previous
+
+    def _link(self, incident_id: str, alert_id: str, who: Principal) -> NewEvent:
+        """A plain link to an incident of the snapshot: the event `decide` gives for `LinkAlert`
+        (the alert id is new, so it is not linked yet), written by `flush`, which checks that the
+        incident is still open then."""
+        event = dev.AlertLinked(at=self.now, incident_id=incident_id, alert_id=alert_id)
+        self.linked.setdefault(incident_id, []).append(event)
+        return DispatchService.log_event(event, self.s.dispatch.live.state, self.agencies, who)
+
+    async def _next_number(self) -> IncidentNumber:
+        """The next incident number of the year. The counter row is read once and stays locked
+        until the transaction ends (as `store.next_incident_number` keeps it), so numbers are
+        taken in memory and `flush` writes the last one back."""
+        year = self.now.year
+        if self.last_number is None:
+            self.last_number = int(await self.conn.fetchval(
+                "INSERT INTO incident_numbers (year, last) VALUES ($1, 0)"
+                " ON CONFLICT (year) DO UPDATE SET last = incident_numbers.last RETURNING last", year))
+        self.last_number += 1
+        self.numbers_taken = True
+        return IncidentNumber(year=year, sequence=self.last_number)
 
     async def _apply(self, incident_id: str, commands: list[cmd.Command], who: Principal) -> list[NewEvent]:
         """Run incident-only commands on the batch's copy of the incident (pure core, no I/O)."""
         if incident_id not in self.incidents and not isinstance(commands[0], cmd.CreateIncident):
             row = await self.conn.fetchrow("SELECT agency_ids, doc FROM incidents WHERE id = $1 FOR UPDATE",
                                            incident_id)
-            self.incidents[incident_id] = store.incident_from(row["doc"])
+            if row is None:
+                raise _Stale(f"incident {incident_id} is gone")
+            incident = store.incident_from(row["doc"])
+            pending = self.linked.pop(incident_id, [])
+            if pending and list(row["agency_ids"]) != self.agencies[incident_id]:
+                raise _Stale(f"incident {incident_id} changed agencies while alerts joined it")
+            # Links this batch made before loading it are not in the document yet.
+            self.incidents[incident_id] = evolve_all(DispatchState(incidents={incident_id: incident}),
+                                                     pending).incidents[incident_id]
             self.agencies[incident_id] = list(row["agency_ids"])
         live = self.s.dispatch.live
         state = DispatchState(agencies=live.state.agencies, policy=live.policy,
@@ -338,29 +396,79 @@ class _Batch:
             lat_span = reach / 111_000 + 0.001
             lon_span = lat_span * 3  # generous up to ~70° latitude; correlation measures exactly
             rows = await self.conn.fetch(
-                "SELECT id, incident_type, lat, lon, created_at, priority, alert_count, last_alert_at FROM incidents"
+                "SELECT id, incident_type, lat, lon, created_at, priority, alert_count, last_alert_at, agency_ids"
+                " FROM incidents"
                 " WHERE status NOT IN ('closed', 'cancelled') AND lat BETWEEN $1 AND $2 AND lon BETWEEN $3 AND $4",
                 min(p.lat for p in located) - lat_span, max(p.lat for p in located) + lat_span,
                 min(p.lon for p in located) - lon_span, max(p.lon for p in located) + lon_span,
             )
-            self.open = OpenIncidents(
-                OpenIncident(id=r["id"], incident_type=r["incident_type"], location=Point(lat=r["lat"], lon=r["lon"]),
-                             created_at=r["created_at"], priority=r["priority"], alert_count=r["alert_count"],
-                             last_alert_at=r["last_alert_at"])
-                for r in rows
-            )
+            self.open = OpenIncidents(self.s.open_incident(r) for r in rows)
+            for r in rows:
+                self.agencies.setdefault(r["id"], list(r["agency_ids"]))
         return self.open
 
     async def flush(self) -> None:
         conn = self.conn
+        if self.numbers_taken:
+            await conn.execute("UPDATE incident_numbers SET last = $2 WHERE year = $1", self.now.year,
+                               self.last_number)
         if self.dirty:
             await store.save_incidents(conn, [(self.incidents[i], self.agencies[i]) for i in sorted(self.dirty)])
-        if self.alerts:
-            await conn.executemany("UPDATE alerts SET incident_id = $2, outcome = $3 WHERE id = $1", self.alerts)
         if self.last_alert:
-            await conn.executemany(
-                "UPDATE incidents SET last_alert_at = greatest(last_alert_at, $2) WHERE id = $1",
-                sorted(self.last_alert.items()))
+            await self._touch_incidents()
+        if self.rows:
+            await self._insert_alerts()
         for kind, ref, due in self.timers:
             await store.set_timer(conn, kind, ref, due)
-        self.dirty, self.alerts, self.last_alert, self.timers = set(), [], {}, []
+        self.dirty, self.linked, self.rows, self.last_alert, self.timers = set(), {}, [], {}, []
+        self.numbers_taken = False
+
+    async def _touch_incidents(self) -> None:
+        """Every incident alerts joined: its last alert time, and the light links appended to its
+        document in order (the alert count follows the document's list)."""
+        ids = sorted(self.last_alert)
+        links = [(i, e.alert_id) for i, events in self.linked.items() for e in events]
+        rows = await self.conn.fetch(
+            "WITH l AS (SELECT inc, jsonb_agg(aid ORDER BY n) AS ids, count(*) AS c"
+            " FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS l(inc, aid, n) GROUP BY inc),"
+            " u AS (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at))"
+            " UPDATE incidents i SET last_alert_at = greatest(i.last_alert_at, u.at),"
+            " doc = CASE WHEN l.ids IS NULL THEN i.doc"
+            " ELSE jsonb_set(i.doc, '{alert_ids}', coalesce(i.doc->'alert_ids', '[]') || l.ids) END,"
+            " alert_count = i.alert_count + coalesce(l.c, 0),"
+            " updated_at = CASE WHEN l.ids IS NULL THEN i.updated_at ELSE now() END"
+            " FROM u LEFT JOIN l ON l.inc = u.id"
+            " WHERE i.id = u.id RETURNING i.id, i.status, i.agency_ids",
+            ids, [self.last_alert[i] for i in ids], [i for i, _ in links], [a for _, a in links])
+        found = {r["id"]: r for r in rows}
+        for incident_id in self.linked:
+            row = found.get(incident_id)
+            if row is None or row["status"] not in _OPEN_STATUSES:
+                raise _Stale(f"incident {incident_id} closed while alerts joined it")
+            INCIDENT.next(IncidentStatus(row["status"]), "link_alert", command="link_alert", subject=incident_id)
+            if list(row["agency_ids"]) != self.agencies[incident_id]:
+                raise _Stale(f"incident {incident_id} changed agencies while alerts joined it")
+
+    async def _insert_alerts(self) -> None:
+        rows = self.rows
+        inserted = await self.conn.fetch(
+            "INSERT INTO alerts (id, source, identifier, kind, msg_type, status, sent, received_at, lat, lon,"
+            " incident_id, outcome, report, raw, content_type, principal)"
+            " SELECT id, s, i, k, m, st, sent, $8, lat, lon, inc, o, report::jsonb,"
+            " coalesce(raw, convert_to(report, 'UTF8')), ct, who"
+            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+            " $7::timestamptz[], $9::float8[], $10::float8[], $11::text[], $12::text[], $13::text[], $14::bytea[],"
+            " $15::text[], $16::text[])"
+            " AS u(id, s, i, k, m, st, sent, lat, lon, inc, o, report, raw, ct, who)"
+            " ON CONFLICT (source, identifier) DO NOTHING RETURNING id",
+            [r[0] for r in rows], [r[1].report.source for r in rows], [r[1].report.identifier for r in rows],
+            [r[1].report.kind.value for r in rows], [r[1].report.msg_type.value for r in rows],
+            [r[1].report.status.value for r in rows], [r[1].report.sent for r in rows], self.now,
+            [r[1].report.location.lat if r[1].report.location else None for r in rows],
+            [r[1].report.location.lon if r[1].report.location else None for r in rows],
+            [r[2] for r in rows], [r[3] for r in rows], [r[1].report_json for r in rows],
+            [r[1].raw for r in rows], [r[1].content_type for r in rows],
+            [f"{r[1].who.kind}:{r[1].who.id}" for r in rows],
+        )
+        if len(inserted) != len(rows):  # cannot happen while intake holds the correlation lock
+            raise _Stale("an alert of this batch was inserted meanwhile")

@@ -1,0 +1,118 @@
+"""The intake's batch path against a real database: light links and whole-incident changes mixed
+in one batch keep the incident's alert list, count and events exactly as one alert at a time
+would; incident numbers taken in a batch follow one another; the live picture's fast link path
+equals `evolve`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from dispatch import events as dev
+from dispatch.evolve import evolve
+from dispatch.incident import Incident, IncidentNumber
+from dispatch.policy import DispatchPolicy
+from dispatch.state import DispatchState
+from geo.coords import Point
+from icp.live import LivePicture
+from icp.store.eventlog import RecordedEvent
+from tests.helpers import bearer
+from tests.icp.test_intake_api import BUILDING, native, post, sensor  # noqa: F401  (sensor: a fixture)
+
+
+async def batch(client: TestClient, token: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    response = await client.post("/api/v1/alerts/batch", json=items, headers=bearer(token))
+    assert response.status == 202, await response.text()
+    results: list[dict[str, Any]] = (await response.json())["results"]
+    return results
+
+
+def near(i: int) -> dict[str, float]:
+    return {"lat": BUILDING["lat"] + i * 0.00002, "lon": BUILDING["lon"]}
+
+
+async def test_links_before_and_after_an_escalation_in_one_batch(client: TestClient, sensor: str,  # noqa: F811
+                                                                 db_url: str) -> None:
+    first = await post(client, sensor, native("s-0", where=near(0), certainty="Observed"))
+    assert first["outcome"] == "created"
+    incident_id = first["incident_id"]
+    # s-1 joins lightly; s-2 is the third alert, which turns the alarm into a structure fire (the
+    # incident is loaded whole, with s-1's pending link); s-3 joins the loaded copy.
+    results = await batch(client, sensor, [native(f"s-{i}", where=near(i)) for i in (1, 2, 3)])
+    assert [r["outcome"] for r in results] == ["attached"] * 3
+    assert {r["incident_id"] for r in results} == {incident_id}
+    assert "type alarm_activation → structure_fire" in results[1]["reason"]
+    later = await batch(client, sensor, [native(f"s-{i}", where=near(i)) for i in (4, 5)])
+    assert [r["outcome"] for r in later] == ["attached"] * 2
+    ids = [first["alert_id"], *(r["alert_id"] for r in results + later)]
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        row = await conn.fetchrow("SELECT doc::text AS doc, alert_count, incident_type, priority, last_alert_at"
+                                  " FROM incidents WHERE id = $1", incident_id)
+        doc = json.loads(row["doc"])
+        assert doc["alert_ids"] == ids
+        assert row["alert_count"] == 6 and row["incident_type"] == "structure_fire" and row["priority"] == 2
+        assert doc["incident_type"] == "structure_fire" and doc["priority"] == 2
+        assert row["last_alert_at"] is not None
+        events = await conn.fetch("SELECT type, data::text AS data, visibility FROM events WHERE subject = $1"
+                                  " ORDER BY seq", f"incident/{incident_id}")
+        data = [json.loads(e["data"]) for e in events]
+        assert [e["type"] for e in events] == [
+            "incident.created", "incident.alert_linked", "incident.alert_linked", "incident.updated",
+            "incident.alert_linked", "incident.alert_linked", "incident.alert_linked"]
+        assert [d["alert_id"] for e, d in zip(events, data, strict=True)
+                if e["type"] == "incident.alert_linked"] == ids[1:]
+        assert all(d["agency_ids"] == data[0]["agency_ids"] for d in data)
+        assert all(e["visibility"] == events[0]["visibility"] for e in events)
+        placed = await conn.fetch("SELECT id, incident_id, outcome FROM alerts ORDER BY id")
+        assert {r["id"]: (r["incident_id"], r["outcome"]) for r in placed} == {
+            a: (incident_id, "created" if a == ids[0] else "attached") for a in ids}
+    finally:
+        await conn.close()
+
+
+async def test_incidents_opened_in_one_batch_take_consecutive_numbers(client: TestClient, sensor: str,  # noqa: F811
+                                                                      db_url: str) -> None:
+    spots = [{"lat": 60.160 + i * 0.01, "lon": 24.93} for i in range(3)]
+    results = await batch(client, sensor, [native(f"n-{i}", where=spots[i]) for i in range(3)])
+    assert [r["outcome"] for r in results] == ["created"] * 3
+    sequences = [IncidentNumber.parse(r["incident_id"]).sequence for r in results]
+    assert sequences == [sequences[0], sequences[0] + 1, sequences[0] + 2]
+    one = await post(client, sensor, native("n-3", where={"lat": 60.19, "lon": 24.93}))
+    assert IncidentNumber.parse(one["incident_id"]).sequence == sequences[-1] + 1
+    conn = await asyncpg.connect(db_url)
+    try:
+        year = datetime.now(UTC).year
+        assert await conn.fetchval("SELECT last FROM incident_numbers WHERE year = $1", year) == sequences[-1] + 1
+    finally:
+        await conn.close()
+
+
+def test_the_live_pictures_link_path_equals_evolve() -> None:
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    incident = Incident(id="2026-000001", number=IncidentNumber(2026, 1), incident_type="alarm_activation",
+                        priority=3, location=Point(lat=60.17, lon=24.94), created_at=at, alert_ids=("AL-1",))
+    live = LivePicture(DispatchPolicy())
+    live.state = DispatchState(incidents={incident.id: incident})
+    links = [dev.AlertLinked(at=at, incident_id=incident.id, alert_id=f"AL-{n}") for n in (2, 3)]
+    note = dev.NoteAdded(at=at, incident_id=incident.id, author="ICP intake", text="checked")
+    expected = live.state
+    for ev in [*links, note, dev.AlertLinked(at=at, incident_id=incident.id, alert_id="AL-4")]:
+        expected = evolve(expected, ev)
+
+    def recorded(seq: int, ev: dev.Event) -> RecordedEvent:
+        data = {k: v for k, v in ev.to_dict().items() if k != "type"}
+        return RecordedEvent(seq, at, ev.type, ev.subject, ("*",), {}, {**data, "agency_ids": ["fire"]},
+                             b"", b"")
+
+    live.apply([recorded(1, links[0]), recorded(2, links[1]), recorded(3, note),
+                recorded(4, dev.AlertLinked(at=at, incident_id=incident.id, alert_id="AL-4"))])
+    assert live.applied_seq == 4
+    assert live.state.incidents[incident.id] == expected.incidents[incident.id]
+    assert live.state.incidents[incident.id].alert_ids == ("AL-1", "AL-2", "AL-3", "AL-4")
+    assert live.incident_agencies[incident.id] == ["fire"]
