@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
+from types import MappingProxyType
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ import asyncpg
 from dispatch import events as dev
 from dispatch.errors import DomainError
 from dispatch.evolve import evolve
+from dispatch.incident import Incident
 from dispatch.lifecycle import OPEN_INCIDENT
 from dispatch.policy import DispatchPolicy
 from dispatch.response_plan import ResponsePlans, default_plans
@@ -33,6 +35,19 @@ AGENCY_SAVED = "agency.saved"
 STATION_SAVED = "station.saved"
 UNIT_SAVED = "unit.saved"
 PLANS_UPDATED = "response_plans.updated"
+ALERT_LINKED = dev.AlertLinked.type
+_INCIDENT_FIELDS = tuple(f.name for f in fields(Incident) if f.name != "alert_ids")
+
+
+def _with_alert(incident: Incident, alert_id: str) -> Incident:
+    """``incident`` with ``alert_id`` appended to its alerts, as `evolve` makes it for an
+    ``AlertLinked``, without checking every field (and the whole alert list) again: the event is
+    a fact `decide` checked."""
+    out = object.__new__(Incident)
+    for name in _INCIDENT_FIELDS:
+        object.__setattr__(out, name, getattr(incident, name))
+    object.__setattr__(out, "alert_ids", (*incident.alert_ids, alert_id))
+    return out
 
 
 class LivePicture:
@@ -82,19 +97,48 @@ class LivePicture:
 
     # -- following the log --------------------------------------------------------------------------
     def apply(self, batch: Sequence[RecordedEvent]) -> None:
-        """Feed subscriber: apply each event of the batch in order."""
+        """Feed subscriber: apply each event of the batch in order.
+
+        A run of alert links (the bulk of a sensor storm) is applied as one change to the
+        incidents: each link only appends an id to its incident's alert list, so the incident is
+        copied without validating that whole list again, and the incident map is copied once
+        per run rather than once per link (`evolve` would do both per event; the result is the
+        same, which a test holds)."""
         if self._buffer is not None:
             self._buffer.extend(batch)
             return
-        for recorded in batch:
-            if recorded.seq <= self.applied_seq:
-                continue
-            try:
-                self._apply_one(recorded.type, recorded.data)
-            except (DomainError, KeyError, ValueError) as exc:
-                self._rebuild_soon(f"{recorded.type} at seq {recorded.seq}: {exc}")
-                return
-            self.applied_seq = recorded.seq
+        linked: dict[str, Incident] = {}
+        try:
+            for recorded in batch:
+                if recorded.seq <= self.applied_seq:
+                    continue
+                try:
+                    if recorded.type == ALERT_LINKED:
+                        self._link(linked, recorded.data)
+                    else:
+                        if linked:
+                            self._commit_links(linked)
+                        self._apply_one(recorded.type, recorded.data)
+                except (DomainError, KeyError, ValueError, TypeError) as exc:
+                    self._rebuild_soon(f"{recorded.type} at seq {recorded.seq}: {exc}")
+                    return
+                self.applied_seq = recorded.seq
+        finally:
+            if linked:
+                self._commit_links(linked)
+
+    def _link(self, linked: dict[str, Incident], data: Mapping[str, Any]) -> None:
+        incident_id, alert_id = data["incident_id"], data["alert_id"]
+        if not isinstance(alert_id, str):
+            raise TypeError("alert_id must be a string")
+        incident = linked.get(incident_id) or self.state.incidents[incident_id]
+        linked[incident_id] = _with_alert(incident, alert_id)
+        if "agency_ids" in data:
+            self.incident_agencies[incident_id] = list(data["agency_ids"])
+
+    def _commit_links(self, linked: dict[str, Incident]) -> None:
+        self.state = replace(self.state, incidents=MappingProxyType({**self.state.incidents, **linked}))
+        linked.clear()
 
     def _apply_one(self, type_: str, data: Mapping[str, Any]) -> None:
         if type_ == AGENCY_SAVED:
