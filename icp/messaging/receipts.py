@@ -79,6 +79,7 @@ class ReceiptBook:
         self.flush_s = flush_s
         self.max_pending = max_pending
         self._pending: dict[tuple[str, str], list[int]] = {}
+        self._writing: dict[tuple[str, str], list[int]] = {}  # the batch being written now
         self._tasks: list[asyncio.Task[None]] = []
         self.flushed = 0
         self.listening = False
@@ -93,6 +94,11 @@ class ReceiptBook:
             self._pending[key] = [delivered, read]
         else:
             held[0], held[1] = max(held[0], delivered), max(held[1], read)
+
+    def unwritten(self, member: str, channel_id: str) -> int:
+        """The delivery cursor confirmed on this node and not written yet (0: none)."""
+        key = (member, channel_id)
+        return max(self._pending.get(key, (0,))[0], self._writing.get(key, (0,))[0])
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._flush_loop(), name="icp-receipts-flush"),
@@ -121,6 +127,7 @@ class ReceiptBook:
         if not self._pending:
             return 0
         pending, self._pending = self._pending, {}
+        self._writing = pending
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 rows = await store.flush_cursors(conn, ((m, c, d, r) for (m, c), (d, r) in pending.items()))
@@ -130,6 +137,8 @@ class ReceiptBook:
             for (m, c), (d, r) in pending.items():  # keep them for the next flush
                 self.confirm(m, c, d, r)
             raise
+        finally:
+            self._writing = {}
         self.flushed += len(rows)
         return len(rows)
 

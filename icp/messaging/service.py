@@ -295,6 +295,8 @@ class MessagingService:
                 channels = await self.channels_of(conn, sub.who, sub.member)
                 ids = [c.id for c in channels]
                 after = await store.starts(conn, key, ids, settings.message_backlog)
+                for channel_id in after:  # confirmed here a moment ago, not written yet
+                    after[channel_id] = max(after[channel_id], self.receipts.unwritten(key, channel_id))
                 repeats = await store.unacknowledged(conn, key, ids, settings.message_emergency_repeat_s,
                                                      MAX_REPEATS)
                 again = [s for s, c in repeats if s <= after.get(c, 0)]
@@ -315,18 +317,23 @@ class MessagingService:
         sub.go_live()
 
     def confirm(self, sub: Subscriber, receipts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """A client's delivered/read cursors (from the gateway; no database on this path)."""
+        """A client's delivered/read cursors (from the gateway; no database on this path). Cursors of
+        a channel the member belongs to are noted; of one it has left (or this node does not know),
+        only as far as this connection was sent messages in it; the rest are ignored."""
+        confirmed, ignored = 0, []
         for entry in receipts:
             channel_id = entry["channel"]
+            delivered, read = entry.get("delivered", 0), entry.get("read", 0)
             channel = self.hub.channel_now(channel_id)
-            if channel is None:
-                if channel_id not in sub.seen:
-                    raise not_found(f"channel {channel_id}")
-            elif not can_read(channel, sub.member):
-                raise forbidden(f"you are not a member of {channel_id}")
-        for entry in receipts:
-            self.receipts.confirm(sub.member.key, entry["channel"], entry.get("delivered", 0), entry.get("read", 0))
-        return {"confirmed": len(receipts)}
+            if channel is None or not can_read(channel, sub.member):
+                seen = sub.seen.get(channel_id)
+                if seen is None:
+                    ignored.append(channel_id)
+                    continue
+                delivered, read = min(delivered, seen), min(read, seen)
+            self.receipts.confirm(sub.member.key, channel_id, delivered, read)
+            confirmed += 1
+        return {"confirmed": confirmed, "ignored": ignored}
 
     async def confirm_checked(self, who: Principal, channel_id: str, delivered: int, read: int) -> dict[str, Any]:
         """The same over REST, checked against the database."""

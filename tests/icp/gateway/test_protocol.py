@@ -29,7 +29,9 @@ from icp.gateway.protocol import (
     State,
     error_frame,
     event_frame,
+    message_frame,
     positions_frame,
+    receipts_frame,
     resync_frame,
 )
 
@@ -757,6 +759,13 @@ def test_server_frames():
         "op": "resync", "reason": "resume_from is older than the retained log", "seq": 900}
     assert error_frame("forbidden", "units only", "x") == {"op": "error", "ref": "x", "code": "forbidden",
                                                            "message": "units only"}
+    view = {"channel": "incident:I1", "seq": 9, "text": "hi", "priority": "emergency"}
+    assert message_frame(view) == {"op": "message", **view}
+    assert message_frame(view, repeat=True) == {"op": "message", **view, "repeat": True}
+    with pytest.raises(ValueError):
+        message_frame({"op": "x"})
+    assert receipts_frame([{"channel": "c:1", "seq": 9, "member": "unit:E1"}]) == {
+        "op": "receipts", "receipts": [{"channel": "c:1", "seq": 9, "member": "unit:E1"}]}
 
 
 # ---------------------------------------------------------------------------------------------
