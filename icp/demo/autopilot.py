@@ -81,7 +81,7 @@ class Autopilot:
     async def _dispatch(self, incident_id: str) -> None:
         rec = await self.admin.call("POST", f"/api/v1/incidents/{incident_id}/recommendation")
         picks = [{"unit_id": p["unit_id"], **({"capability": p["capability"]} if p.get("capability") else {})}
-                 for p in rec.get("picks", [])]
+                 for p in rec.get("picks", []) if not p.get("already_assigned")]
         if not picks:
             return
         try:

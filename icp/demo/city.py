@@ -176,8 +176,8 @@ async def seed(api: Rest) -> dict[str, int]:
     stations: dict[str, Mapping[str, Any]] = {}
     for place in STATIONS:
         stations[place["id"]] = await api.call("POST", "/api/v1/stations", json=place)
-    for unit_id, call_sign, agency, caps, station_id, staffing in UNITS:
-        await api.call("POST", "/api/v1/units", json={"id": unit_id, "call_sign": call_sign, "agency_id": agency,
+    for unit_id, call_sign, owner, caps, station_id, staffing in UNITS:
+        await api.call("POST", "/api/v1/units", json={"id": unit_id, "call_sign": call_sign, "agency_id": owner,
                                                       "capabilities": caps, "station_id": station_id,
                                                       "staffing": staffing})
         await api.call("PATCH", f"/api/v1/units/{unit_id}", json={"position": stations[station_id]["location"]})

@@ -34,6 +34,7 @@ let chat = null;
 
 const canSupervise = () => S.me && (S.me.role === "supervisor" || S.me.role === "admin");
 const unrestricted = () => S.me && (S.me.role === "admin" || (S.me.role === "supervisor" && !S.me.agency));
+const short = (number) => `#${String(number).split("-").pop().replace(/^0+(?=\d)/, "")}`;
 const unitName = (id) => S.units.get(id)?.call_sign || id;
 const agencyName = (id) => S.agencies.get(id)?.name || id;
 
@@ -370,10 +371,10 @@ function renderQueue() {
     onclick: () => select(inc.id), onkeydown: (e) => { if (e.key === "Enter") select(inc.id); },
   },
   h("span", { class: `prio p${inc.priority}`, "aria-hidden": "true" }, inc.priority),
-  h("span", { class: "title" }, `${words(inc.incident_type)} · ${inc.number}`),
+  h("span", { class: "title" }, words(inc.incident_type)),
   h("span", { class: "timers" }, timers(inc, now).map((t) => h("span", { class: `timer ${t.level}`, title: t.label,
     dataset: { timer: t.name } }, t.text)), h("span", { class: `status ${inc.status}` }, inc.status)),
-  h("span", { class: "addr" }, inc.address || `${inc.location.lat.toFixed(5)}, ${inc.location.lon.toFixed(5)}`),
+  h("span", { class: "addr" }, `${short(inc.number)} · ${inc.address || `${inc.location.lat.toFixed(5)}, ${inc.location.lon.toFixed(5)}`}`),
   )) : h("li", { class: "empty" }, "No open incidents."));
 }
 
@@ -397,7 +398,7 @@ function renderAlerts() {
     h("time", { class: "muted" }, clock(a.at)),
     h("span", { class: "what", title: a.headline || "" }, `${a.kind}${a.headline ? ` — ${a.headline}` : ""}`),
     a.incident_id
-      ? h("button", { type: "button", onclick: () => select(a.incident_id), "aria-label": `Open incident ${a.incident_id}` }, a.incident_id)
+      ? h("button", { type: "button", onclick: () => select(a.incident_id), "aria-label": `Open incident ${a.incident_id}` }, short(a.incident_id))
       : h("span", { class: "muted" }, a.outcome),
     h("button", { type: "button", onclick: () => showRaw(a.alert_id), "aria-label": `Original payload of alert ${a.alert_id}` }, "raw"),
   )));
@@ -421,7 +422,7 @@ function renderAid() {
   box.hidden = items.length === 0;
   clear(box, h("h2", {}, `Mutual-aid requests (${items.length})`), items.map(({ inc, a }) => h("div", { class: "aid-item",
     dataset: { assignment: a.id } },
-  h("span", { class: "what" }, `${unitName(a.unit_id)} → ${words(inc.incident_type)} ${inc.number}, ${inc.address}`),
+  h("span", { class: "what" }, `${unitName(a.unit_id)} → ${words(inc.incident_type)} ${short(inc.number)}, ${inc.address}`),
   h("button", { type: "button", class: "primary", onclick: () => answerAid(a.id, "accept") }, "Accept"),
   h("button", { type: "button", class: "danger", onclick: () => answerAid(a.id, "decline") }, "Decline"))));
 }
@@ -497,12 +498,17 @@ async function dispatch(units) {
 
 function dispatchRecommendation() {
   const rec = S.detail?.rec;
-  if (!rec || !rec.picks?.length) {
+  if (!rec || !rec.picks?.some((p) => !p.already_assigned)) {
     toast("Nothing to dispatch: no recommendation for this incident.");
     return;
   }
-  const chosen = [...document.querySelectorAll("#panel-incident input[name=pick]")];
-  const picks = chosen.length ? rec.picks.filter((_, n) => chosen[n]?.checked) : rec.picks;
+  const boxes = [...document.querySelectorAll("#panel-incident input[name=pick]")];
+  const unticked = new Set(boxes.filter((b) => !b.checked).map((b) => b.value));
+  const picks = rec.picks.filter((p) => !p.already_assigned && !unticked.has(p.unit_id));
+  if (!picks.length) {
+    toast("Every recommended unit is already assigned.");
+    return;
+  }
   dispatch(picks.map((p) => ({ unit_id: p.unit_id, ...(p.capability ? { capability: p.capability } : {}) })));
 }
 
@@ -544,7 +550,7 @@ function renderIncident() {
   clear(panel,
     h("div", { class: "inc-head" },
       h("span", { class: `prio p${inc.priority}` }, `P${inc.priority}`),
-      h("h3", { id: "incident-title" }, `${words(inc.incident_type)} · ${inc.number}`),
+      h("h3", { id: "incident-title" }, `${words(inc.incident_type)} ${short(inc.number)}`),
       h("span", { class: `status ${inc.status}`, id: "incident-status" }, inc.status),
       h("button", { type: "button", onclick: () => { tab("chat"); chat.open(`incident:${inc.id}`); } }, "Chat")),
     h("dl", { class: "facts" },
@@ -605,11 +611,12 @@ function recommendationView(d) {
     h("div", { class: "row" },
       h("h3", { id: "rec-title", class: "spacer" }, "Recommendation"),
       h("button", { type: "button", onclick: () => loadRecommendation(), title: "Refresh (R)" }, "Refresh"),
-      h("button", { type: "button", class: "primary", id: "dispatch-rec", disabled: !rec?.picks?.length, onclick: dispatchRecommendation },
+      h("button", { type: "button", class: "primary", id: "dispatch-rec", disabled: !rec?.picks?.some((p) => !p.already_assigned), onclick: dispatchRecommendation },
         "Dispatch ", h("kbd", {}, "D"))),
     d.recError ? h("p", { class: "error" }, d.recError) : null,
     rec ? h("ul", { class: "list", id: "rec-picks" }, rec.picks.map((p, n) => h("li", { class: "pick" },
-      h("label", {}, h("input", { type: "checkbox", name: "pick", checked: true, value: p.unit_id, "aria-describedby": `pick-reason-${n}` }),
+      h("label", {}, p.already_assigned ? h("span", { class: "status en_route" }, "assigned")
+        : h("input", { type: "checkbox", name: "pick", checked: true, value: p.unit_id, "aria-describedby": `pick-reason-${n}` }),
         h("strong", {}, unitName(p.unit_id)), h("span", {}, p.capability || ""),
         h("span", { class: "muted" }, `${duration(p.eta_s)} · ${(p.distance_m / 1000).toFixed(1)} km · ${agencyName(p.agency_id)}`),
         p.mutual_aid ? h("span", { class: "status requested" }, "mutual aid") : null),
@@ -701,7 +708,7 @@ function renderUnits() {
         : h("span", { class: `status ${u.status}` }, words(u.status))),
       h("td", {}, S.statusSince.get(u.id) ? h("span", { dataset: { since: S.statusSince.get(u.id) } },
         duration((Date.now() - Date.parse(S.statusSince.get(u.id))) / 1000)) : "—"),
-      h("td", {}, incidentOf(u) ? h("button", { type: "button", onclick: () => select(incidentOf(u)) }, incidentOf(u)) : ""))))))));
+      h("td", {}, incidentOf(u) ? h("button", { type: "button", onclick: () => select(incidentOf(u)), "aria-label": `Open incident ${incidentOf(u)}` }, short(incidentOf(u))) : "")))))));
   if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
 }
 
@@ -889,6 +896,8 @@ function wire() {
 }
 
 async function boot() {
+  // A handle for people debugging in the browser's console, and for the browser tests.
+  window.icp = { get map() { return map; }, state: S };
   wire();
   try {
     await start(await get("/api/v1/console/config", { quiet401: true }));

@@ -9,7 +9,7 @@ export const STATUS_COLOURS = {
   available: "#2e7d32", dispatched: "#8e24aa", en_route: "#1e88e5", on_scene: "#c62828",
   transporting: "#6d4c41", at_hospital: "#6d4c41", out_of_service: "#757575", off_duty: "#9e9e9e",
 };
-const AREA_COLOURS = { jurisdiction: "rgba(21,101,192,0.05)", zone: "rgba(46,125,50,0.06)",
+const AREA_COLOURS = { jurisdiction: "rgba(21,101,192,0.025)", zone: "rgba(46,125,50,0.06)",
   beat: "rgba(142,36,170,0.05)", geofence: "rgba(198,40,40,0.06)" };
 const ROAD_WIDTH = { motorway: 4, trunk: 3.5, primary: 3, secondary: 2.5, tertiary: 2, residential: 1.4 };
 
@@ -325,8 +325,12 @@ export class CityMap {
   }
 
   drawAreas(ctx) {
+    const drawn = new Set(); // agencies often share one jurisdiction: draw each shape once
     for (const f of this.areas) {
       const kind = f.properties?.kind || "zone";
+      const key = `${kind}:${JSON.stringify(f.geometry.coordinates).slice(0, 200)}`;
+      if (drawn.has(key)) continue;
+      drawn.add(key);
       const polygons = f.geometry.type === "Polygon" ? [f.geometry.coordinates]
         : f.geometry.type === "MultiPolygon" ? f.geometry.coordinates : [];
       ctx.beginPath();
