@@ -47,6 +47,8 @@ def build(app: web.Application, *, title: str = "ICP", version: str = "0.1.0") -
         for status, spec in meta["responses"].items():
             if isinstance(spec, str):
                 responses[str(status)] = {"description": spec}
+            elif "schema" not in spec:  # no body (204)
+                responses[str(status)] = {"description": spec.get("description", "")}
             else:
                 responses[str(status)] = {"description": spec.get("description", ""),
                                           "content": {"application/json": {"schema": spec["schema"]}}}
