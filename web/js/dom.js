@@ -1,4 +1,4 @@
-// Tiny DOM helpers: elements are built with textContent only (never innerHTML), so nothing a
+// Tiny DOM helpers: elements are built with text nodes only (never parsed markup), so nothing a
 // sensor, a unit or another dispatcher wrote can become markup or script.
 
 export function h(tag, attrs = {}, ...children) {
