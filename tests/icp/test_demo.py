@@ -39,7 +39,8 @@ def _run(cluster_dir: Path, *args: str) -> tuple[subprocess.Popen[str], list[str
 def _login(url: str, password: str) -> urllib.request.OpenerDirector:
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
     request = urllib.request.Request(url + "api/v1/session", method="POST",
-                                     headers={"Content-Type": "application/json"}, data=json.dumps({"username": "dispatcher", "password": password}).encode())
+                                     headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"username": "dispatcher", "password": password}).encode())
     with opener.open(request, timeout=10) as response:
         assert response.status == 200
     return opener
