@@ -36,7 +36,7 @@ async def test_no_inline_script_or_handler_and_nothing_from_elsewhere() -> None:
         if path.suffix in (".html", ".js", ".css"):
             text = path.read_text()
             assert not re.search(r"(src|href)=\"https?://", text), f"{path.name} loads from elsewhere"
-            assert ".innerHTML" not in text and "insertAdjacentHTML" not in text, f"{path.name} builds markup from strings"
+            assert ".innerHTML" not in text and "insertAdjacentHTML" not in text, f"{path.name} parses markup"
 
 
 async def test_files_outside_the_console_and_data_without_a_session_are_refused(client: TestClient) -> None:
