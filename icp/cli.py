@@ -1,4 +1,4 @@
-"""The `icp` command line: serve, migrate, token, user, audit, db."""
+"""The `icp` command line: serve, demo, migrate, token, user, audit, db."""
 
 from __future__ import annotations
 
@@ -193,6 +193,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from icp.demo.run import DemoError, DemoOptions, DemoSummary, print_summary, run_demo
+
+    options = DemoOptions(seed=args.seed, duration_s=args.duration, speed=args.speed,
+                          alert_interval_s=args.alert_interval, dispatch_after_s=args.dispatch_after,
+                          password=args.password, feed=not args.no_feed, autopilot=not args.no_autopilot)
+    summary = DemoSummary()  # filled while it runs, printed however it ends
+    try:
+        asyncio.run(run_demo(_settings(args), options, summary=summary))
+    except DemoError as exc:
+        raise CommandError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    print_summary(summary)
+    return EXIT_OK
+
+
 def cmd_db_url(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.database_url:
@@ -315,6 +332,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="time factor (2 = twice as fast as real time)")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "demo", help="serve a live demo city: Helsinki roads, agencies, ~30 units, sensors and alerts",
+        description="Start a node on a fresh demo database (in ICP_DATA_DIR/demo), seed the Helsinki demo city "
+        "(fire, EMS, police, utilities and a neighbouring city's fire service for mutual aid, areas, stations, "
+        "units, sensors), and run simulated crews, a sensor feed and an autopilot dispatcher so that the city "
+        "lives on its own. Prints the console's URL and logins; Ctrl-C stops everything.")
+    _common(p)
+    p.add_argument("--host", help="listen address (ICP_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (ICP_PORT, default 8080)")
+    p.add_argument("--seed", type=int, default=0, help="makes the city's story repeatable (default 0)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--speed", type=float, default=1.0, help="crews' time factor (2 = twice as fast)")
+    p.add_argument("--alert-interval", type=float, default=12.0, help="mean seconds between sensor scenarios")
+    p.add_argument("--dispatch-after", type=float, default=20.0,
+                   help="the autopilot dispatches incidents still pending after this many seconds")
+    p.add_argument("--password", help="the console users' password (default: a random one, printed)")
+    p.add_argument("--no-feed", action="store_true", help="no sensor feed (alerts come only from you)")
+    p.add_argument("--no-autopilot", action="store_true", help="no automatic dispatching, answering or closing")
+    p.set_defaults(func=cmd_demo)
 
     db = sub.add_parser("db", help="the database", description="Database information.")
     db_sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -6,8 +6,10 @@ from aiohttp import web
 
 from icp import gateway
 from icp.api import agencies, channels, events, geo, health, incidents, intake, plans, session, tokens, webhooks
+from icp.api.console import setup as setup_console  # the web console's files and settings
 
 
 def setup_routes(app: web.Application) -> None:
     for module in (health, session, tokens, events, geo, agencies, incidents, plans, intake, channels, webhooks, gateway):
         module.setup(app)
+    setup_console(app)
