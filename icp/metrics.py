@@ -37,6 +37,9 @@ class Metrics:
         self.feed_head = Gauge("icp_event_feed_head_seq", "Highest seq delivered on this node", registry=r)
         self.websockets = Gauge("icp_websocket_connections", "Open WebSocket connections", registry=r)
         self.pool_size = Gauge("icp_db_pool_connections", "Database pool connections", ["state"], registry=r)
+        self.webhook_attempts = Gauge("icp_webhook_attempts", "Webhook attempts by this node since start",
+                                      ["outcome"], registry=r)
+        self.webhook_lanes = Gauge("icp_webhook_lanes", "Webhook endpoints this node is delivering to", registry=r)
 
     def on_commit(self, units: int, events: int, seconds: float) -> None:
         self.events_appended.inc(events)
@@ -52,6 +55,12 @@ class Metrics:
             self.feed_head.set(app[appkeys.FEED].head)
         if appkeys.WEBSOCKETS in app:
             self.websockets.set(len(app[appkeys.WEBSOCKETS]))
+        if appkeys.WEBHOOKS in app:
+            hooks = app[appkeys.WEBHOOKS]
+            for outcome, count in (("sent", hooks.sent), ("delivered", hooks.delivered), ("failed", hooks.failed),
+                                   ("dead_lettered", hooks.dead)):
+                self.webhook_attempts.labels(outcome).set(count)
+            self.webhook_lanes.set(len(hooks.lanes))
         return generate_latest(self.registry)
 
 

@@ -240,3 +240,22 @@ async def test_secrets_are_sealed_at_rest(agencies: Agencies, receiver: Receiver
         await conn.close()
     key = endpoint["secret"].removeprefix("whsec_").encode()
     assert key not in stored and endpoint["secret"].encode() not in stored
+
+
+async def test_a_refused_connection_is_retried_and_counted(agencies: Agencies, receiver: Receiver) -> None:
+    closed = Receiver()  # a port nobody listens on: take one, then close it
+    await closed.start()
+    url = closed.url
+    await closed.stop()
+    endpoint = await agencies.subscribe("hki-fire", url)
+    await agencies.incident()
+    for _ in range(100):
+        (delivery,) = await agencies.deliveries("hki-fire", endpoint=endpoint["id"]) or [None]
+        if delivery is not None and delivery["attempts"] >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert delivery is not None and delivery["attempts"] >= 2 and delivery["last_status"] is None
+    assert "Connect" in delivery["last_error"] or "refused" in delivery["last_error"].lower()
+    metrics = await (await agencies.client.get("/metrics")).text()
+    failed = next(line for line in metrics.splitlines() if line.startswith('icp_webhook_attempts{outcome="failed"}'))
+    assert float(failed.split()[-1]) >= 2
