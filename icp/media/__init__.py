@@ -1,0 +1,1 @@
+"""Voice and video: WebRTC peers terminated by the server (aiortc), rooms, talkgroups and recordings."""
