@@ -10,6 +10,7 @@ from icp.api.console import setup as setup_console  # the web console's files an
 
 
 def setup_routes(app: web.Application) -> None:
-    for module in (health, session, tokens, events, geo, agencies, incidents, plans, intake, channels, webhooks, gateway):
+    for module in (health, session, tokens, events, geo, agencies, incidents, plans, intake, channels, webhooks,
+                   gateway):
         module.setup(app)
     setup_console(app)
