@@ -259,3 +259,20 @@ async def test_a_refused_connection_is_retried_and_counted(agencies: Agencies, r
     metrics = await (await agencies.client.get("/metrics")).text()
     failed = next(line for line in metrics.splitlines() if line.startswith('icp_webhook_attempts{outcome="failed"}'))
     assert float(failed.split()[-1]) >= 2
+
+
+async def test_two_nodes_on_one_database_deliver_each_event_once(agencies: Agencies, receiver: Receiver,
+                                                                 settings: Settings, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    second = await aiohttp_client(create_app(settings))  # another node: same database, its own engine
+    endpoint = await agencies.subscribe("hki-fire", receiver.url)
+    receiver.secrets = [endpoint["secret"]]
+    for i in range(20):  # events committed through both nodes
+        node = agencies.client if i % 2 else second
+        response = await node.post("/api/v1/incidents", headers=bearer(agencies.tokens["hki-fire"]), json={
+            "type": "structure_fire", "priority": 2, "location": {"lat": 60.17, "lon": 24.94}})
+        assert response.status == 201, await response.text()
+    got = await receiver.wait_for(lambda r: len(r) >= 20)
+    await asyncio.sleep(0.5)  # time for a duplicate to show up, if one were coming
+    seqs = [r.body["seq"] for r in receiver.received]
+    assert len(seqs) == 20 and len(set(seqs)) == 20, "each event fanned out and delivered once"
+    assert seqs == sorted(seqs) and all(r.verified for r in got)
