@@ -48,6 +48,8 @@ MAX_HISTORY: Final = 50  # messages per message.history answer
 MAX_RECEIPTS: Final = 100  # channels per message.receipt
 MAX_SEQ: Final = 2**53 - 1  # the largest integer every JSON reader holds exactly
 MAX_ADDRESS_CHARS: Final = 500
+MAX_SDP_CHARS: Final = 32_000  # an SDP offer or answer (audio and video, every candidate)
+MAX_CANDIDATE_CHARS: Final = 1000
 _MAX_REASON_BYTES: Final = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 
 
@@ -130,6 +132,11 @@ ERROR_CODES: Mapping[str, ErrorCode] = MappingProxyType({e.code: e for e in (
     ErrorCode("unsupported", _H, "the op is defined but not available on this server yet"),
     ErrorCode("internal_error", _H, "the server failed; retry later with the same id (never applied twice)",
               retryable=True),
+    ErrorCode("room_elsewhere", _H, "the media room lives on another node (`node` names it); connect there to "
+              "join it"),
+    ErrorCode("callee_unavailable", _H, "the member called has no connection on this node; try again later",
+              retryable=True),
+    ErrorCode("room_full", _H, "the media room has as many participants as it may"),
 )})
 
 
@@ -352,6 +359,17 @@ class OpIdCheck(Check):
 
 
 @dataclass(frozen=True, slots=True)
+class Flag(Check):
+    def __call__(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(path)
+        return value
+
+    def describe(self) -> str:
+        return "true or false"
+
+
+@dataclass(frozen=True, slots=True)
 class FreeObject(Check):
     """Any JSON object, passed on as is once no string in it (keys included) is unsafe."""
 
@@ -485,6 +503,17 @@ _ASSIGNMENT = Field("assignment", IDENT)
 _INCIDENT = Field("incident", IDENT)
 _CHANNEL = Field("channel", IDENT)
 _TOPICS = Field("topics", ListOf(TOPIC, MAX_TOPICS, "topics", drop_repeats=True))
+# Media rooms: a call, an incident's conference, or a channel's push-to-talk talkgroup (its channel id).
+_ROOM = Field("room", Pattern(re.compile(rf"(call|conference):{_IDENT.pattern}|(talkgroup|incident|agency):"
+                                         rf"{_IDENT.pattern}"),
+                              "a room: call:<call id>, conference:<incident id>, or a talkgroup's channel id "
+                              "(talkgroup:<agency>:<name>, incident:<id>, agency:<id>)"))
+_SDP = Field("sdp", Text(MAX_SDP_CHARS))
+_MEMBER_KEY = Pattern(re.compile(rf"(unit|user|token):{_IDENT.pattern}"),
+                      "a member: unit:<id>, user:<id> or token:<id>")
+_TALKGROUP = Field("talkgroup", Pattern(re.compile(rf"(talkgroup|incident|agency):{_IDENT.pattern}"),
+                                        "a talkgroup's channel id: talkgroup:<agency>:<name>, incident:<id> or "
+                                        "agency:<id>"))
 
 HELLO: Final = Record((
     Field("token", Text(MAX_TOKEN_CHARS)),
@@ -577,6 +606,33 @@ OPS: Mapping[str, OpSpec] = MappingProxyType({spec.name: spec for spec in (
         Field("limit", Integer(1, MAX_HISTORY), required=False),
     )), "a channel's messages before `before` (default: the newest), oldest first"),
     OpSpec("channel.list", Audience.ANY, Record(()), "the channels this principal is a member of"),
+    OpSpec("rtc.call", Audience.ANY, Record((
+        Field("to", _MEMBER_KEY), Field("incident", IDENT, required=False),
+        Field("video", Flag(), required=False),
+    )), "ring another member (`rtc.ring` to them); answered with the `call` (id, room, state `ringing`)"),
+    OpSpec("rtc.accept", Audience.ANY, Record((Field("call", IDENT),)),
+           "accept a call that rings for you; then both parties `rtc.offer` into its room"),
+    OpSpec("rtc.decline", Audience.ANY, Record((Field("call", IDENT), Field("reason", REASON, required=False))),
+           "decline a call that rings for you (the caller gets `rtc.ended`, reason `declined`)"),
+    OpSpec("rtc.join", Audience.ANY, Record((_ROOM, Field("video", Flag(), required=False))),
+           "join a room with a server offer: answered with `sdp` (an offer); reply with `rtc.answer`"),
+    OpSpec("rtc.offer", Audience.ANY, Record((_ROOM, _SDP)),
+           "join a room (or renegotiate) with an SDP offer; answered with the server's SDP answer (`sdp`)"),
+    OpSpec("rtc.answer", Audience.ANY, Record((_ROOM, _SDP)), "the SDP answer to the server's offer"),
+    OpSpec("rtc.candidate", Audience.ANY, Record((
+        _ROOM, Field("candidate", Text(MAX_CANDIDATE_CHARS, blank=True)),
+        Field("sdpMid", Text(64), required=False), Field("sdpMLineIndex", Integer(0, 64), required=False),
+    )), "a trickled ICE candidate for the room's connection (an empty `candidate` ends them)"),
+    OpSpec("rtc.hangup", Audience.ANY, Record((_ROOM,)),
+           "leave a room; hangs up a call (or withdraws one still ringing)"),
+    OpSpec("rtc.video", Audience.ANY, Record((_ROOM, Field("source", Text(200, blank=True)))),
+           "choose the video a conference shows: a participant's member key or `camera:<id>`; empty: none "
+           "(dispatchers)"),
+    OpSpec("ptt.request", Audience.ANY, Record((_TALKGROUP, Field("emergency", Flag(), required=False))),
+           "ask for a talkgroup's floor: answered with `outcome` granted, queued or denied (and the matching "
+           "`ptt.*` frame)"),
+    OpSpec("ptt.release", Audience.ANY, Record((_TALKGROUP,)),
+           "let go of the floor (or withdraw a queued request)"),
     OpSpec("ping", Audience.ANY, Record(()), "answered at once by `pong` with `ref` = the id, if any",
            local=True),
     OpSpec("pong", Audience.ANY, Record(()), "answers a server `ping` (may echo its `t`); no answer",

@@ -78,7 +78,10 @@ CONSOLE_OPS = {"subscribe", "unsubscribe", "incident.create", "incident.dispatch
                "incident.close", "incident.cancel", "recommend"}
 # Messaging is for units and consoles alike; the handler decides membership.
 MESSAGE_OPS = {"message.send", "message.receipt", "message.ack", "message.history", "channel.list"}
-ANY_OPS = {"ping", "pong", *MESSAGE_OPS}
+# Media signaling is for units and consoles alike; the media service decides room membership.
+MEDIA_OPS = {"rtc.call", "rtc.accept", "rtc.decline", "rtc.join", "rtc.offer", "rtc.answer", "rtc.candidate",
+             "rtc.hangup", "rtc.video", "ptt.request", "ptt.release"}
+ANY_OPS = {"ping", "pong", *MESSAGE_OPS, *MEDIA_OPS}
 
 POSITION = {"lat": 51.5, "lon": -0.12, "time": "2026-05-01T12:00:00Z"}
 LONG = "x" * 129
@@ -164,6 +167,42 @@ CASES: dict[str, tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]
         ({"limit": 51}, "/limit"), ({"limit": 0}, "/limit"), ({"before": 0}, "/before"), ({"before": 1.5}, "/before"),
     ]),
     "channel.list": ({}, [({}, {}), ({"extra": "ignored"}, {})], []),
+    "rtc.call": ({"to": "unit:E1"}, [
+        ({}, {"to": "unit:E1"}),
+        ({"incident": "2026-000123", "video": True}, {"to": "unit:E1", "incident": "2026-000123", "video": True}),
+    ], [
+        ({"to": "E1"}, "/to"), ({"to": "group:x"}, "/to"), ({"video": "yes"}, "/video"),
+        ({"incident": LONG}, "/incident"),
+    ]),
+    "rtc.accept": ({"call": "c1"}, [({}, {"call": "c1"})], [({"call": ""}, "/call"), ({"call": None}, "/call")]),
+    "rtc.decline": ({"call": "c1"}, [({"reason": "busy"}, {"call": "c1", "reason": "busy"})],
+                    [({"reason": "x" * 501}, "/reason")]),
+    "rtc.join": ({"room": "conference:2026-000123"}, [
+        ({}, {"room": "conference:2026-000123"}),
+        ({"room": "talkgroup:fire:ops", "video": False}, {"room": "talkgroup:fire:ops", "video": False}),
+        ({"room": "call:c1"}, {"room": "call:c1"}), ({"room": "incident:I1"}, {"room": "incident:I1"}),
+    ], [({"room": "lobby:1"}, "/room"), ({"room": "call:"}, "/room"), ({"room": "direct:ab"}, "/room")]),
+    "rtc.offer": ({"room": "call:c1", "sdp": "v=0"}, [({}, {"room": "call:c1", "sdp": "v=0"})],
+                  [({"sdp": "x" * 32_001}, "/sdp"), ({"sdp": ""}, "/sdp"), ({"sdp": "v=0\x00"}, "/sdp")]),
+    "rtc.answer": ({"room": "call:c1", "sdp": "v=0"}, [({}, {"room": "call:c1", "sdp": "v=0"})],
+                   [({"sdp": None}, "/sdp")]),
+    "rtc.candidate": ({"room": "call:c1", "candidate": ""}, [
+        ({}, {"room": "call:c1", "candidate": ""}),
+        ({"candidate": "candidate:1 1 udp 1 10.0.0.1 9 typ host", "sdpMid": "0", "sdpMLineIndex": 0},
+         {"room": "call:c1", "candidate": "candidate:1 1 udp 1 10.0.0.1 9 typ host", "sdpMid": "0",
+          "sdpMLineIndex": 0}),
+    ], [({"candidate": "x" * 1001}, "/candidate"), ({"sdpMLineIndex": -1}, "/sdpMLineIndex")]),
+    "rtc.hangup": ({"room": "call:c1"}, [({}, {"room": "call:c1"})], [({"room": 5}, "/room")]),
+    "rtc.video": ({"room": "conference:I1", "source": "camera:k1"}, [
+        ({}, {"room": "conference:I1", "source": "camera:k1"}),
+        ({"source": ""}, {"room": "conference:I1", "source": ""}),
+    ], [({"source": "x" * 201}, "/source")]),
+    "ptt.request": ({"talkgroup": "talkgroup:fire:ops"}, [
+        ({}, {"talkgroup": "talkgroup:fire:ops"}),
+        ({"emergency": True}, {"talkgroup": "talkgroup:fire:ops", "emergency": True}),
+    ], [({"talkgroup": "call:c1"}, "/talkgroup"), ({"emergency": 1}, "/emergency")]),
+    "ptt.release": ({"talkgroup": "incident:I1"}, [({}, {"talkgroup": "incident:I1"})],
+                    [({"talkgroup": None}, "/talkgroup")]),
     **{name: ({"topics": ["events"]}, [
         ({}, {"topics": ["events"]}),
         ({"topics": ["events", "positions", "incident:2026-000123", "events"]},
@@ -245,7 +284,7 @@ def patched(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_op_table_names_every_op_of_v1_with_its_audience():
     assert set(OPS) == UNIT_OPS | CONSOLE_OPS | ANY_OPS
-    assert set(CASES) == UNIT_OPS | CONSOLE_OPS | MESSAGE_OPS
+    assert set(CASES) == UNIT_OPS | CONSOLE_OPS | MESSAGE_OPS | MEDIA_OPS
     for names, audience in ((UNIT_OPS, "unit"), (CONSOLE_OPS, "console"), (ANY_OPS, "any")):
         assert {n for n in names if OPS[n].audience == audience} == names
 
@@ -741,7 +780,8 @@ def test_close_and_error_code_tables():
     assert set(protocol.ERROR_CODES) == {
         "hello_expected", "unauthorized", "unsupported_protocol", "invalid_json", "not_an_object", "too_large",
         "binary_unsupported", "unknown_op", "invalid_request", "in_progress", "forbidden", "not_found", "conflict",
-        "unit_unavailable", "illegal_transition", "rate_limited", "unsupported", "internal_error"}
+        "unit_unavailable", "illegal_transition", "rate_limited", "unsupported", "internal_error",
+        "room_elsewhere", "callee_unavailable", "room_full"}
 
 
 # ---------------------------------------------------------------------------------------------
