@@ -12,9 +12,10 @@ there, so a slow consumer costs a replay, never an event.
 
 Messages (``message`` frames) work the same way in their own buffer, with one difference: the
 server resumes them from what this client *confirmed*. Each message `messages` hands out is
-confirmed as delivered (per channel, cumulatively) by a ``message.receipt`` sent every
-``receipt_interval``; `mark_read` confirms reading. A message the client dropped or never handed
-out is not confirmed, so the server sends it again on the next link.
+confirmed as delivered (per channel, cumulatively) by a ``message.receipt`` notification sent every
+``receipt_interval`` (and all cursors again at the start of every link, since a notification gets
+no answer); `mark_read` confirms reading. A message the client dropped or never handed out is not
+confirmed, so the server sends it again on the next link.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ MAX_EVENTS = 1_000  # events (and resyncs) waiting for the consumer
 MAX_POSITIONS = 64  # position batches waiting for the consumer; the oldest is dropped first
 MAX_MESSAGES = 1_000  # messages waiting for the consumer
 MAX_RECEIPTS = 1_000  # receipt batches waiting for the consumer; the oldest is dropped first
-RECEIPT_INTERVAL_S = 0.5  # how often delivered/read confirmations go out (cumulative, per channel)
+RECEIPT_INTERVAL_S = 1.0  # how often delivered/read confirmations go out (cumulative, per channel)
 MAX_RECEIPTS_PER_OP = 100  # the server's bound on channels per message.receipt
 MAX_FRAME = 1 << 20  # largest frame accepted from the server
 MAX_OP_BYTES = 64 * 1024  # the server's frame limit: a larger op would be refused on every resend
@@ -281,7 +282,8 @@ class Connection:
         self._messages: _Inbox[Message] = _Inbox(opts.max_messages)
         self._receipts: _Inbox[Receipt] = _Inbox(opts.max_receipts, drop_oldest=True)
         self._message_seen: dict[str, int] = {}  # channel → last seq entered into the message buffer
-        self._confirm: dict[str, list[int]] = {}  # channel → [delivered, read] not yet sent
+        self._consumed: dict[str, list[int]] = {}  # channel → [delivered, read]: handed out, read
+        self._dirty: set[str] = set()  # channels whose cursors the server has not been told on this link
         self._acked: set[tuple[str, int]] = set()  # (channel, seq) acknowledged by this client
         self._receipt_task: asyncio.Task[None] | None = None
         self._overflowed = False
@@ -312,7 +314,7 @@ class Connection:
     async def close(self) -> None:
         """Close the link (after confirming the messages handed out, if it can within a second);
         waiting operations fail with `ClientClosed`, iterators end."""
-        if self._confirm and self.connected and self._fatal is None:
+        if self._dirty and self.connected and self._fatal is None:
             with contextlib.suppress(ClientError, TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self.confirm_receipts()
@@ -512,33 +514,33 @@ class Connection:
             return dict(body)
 
     async def confirm_receipts(self) -> None:
-        """Send the pending delivered/read confirmations now (they also go every ``receipt_interval``)."""
-        pending, self._confirm = self._confirm, {}
-        items = list(pending.items())
-        try:
-            for i in range(0, len(items), MAX_RECEIPTS_PER_OP):
-                chunk = items[i:i + MAX_RECEIPTS_PER_OP]
-                await self.request("message.receipt", timeout=10.0, receipts=[
-                    {"channel": c, **({"delivered": d} if d else {}), **({"read": r} if r else {})}
-                    for c, (d, r) in chunk])
-        except (OpError, OpTimeout, QueueFull) as exc:
-            for channel, (d, r) in items:  # cumulative: merged into whatever came since
-                self._note(channel, delivered=d, read=r)
-            if isinstance(exc, OpError) and not exc.retryable:
-                log.warning("the server refused receipts: %s", exc)
+        """Tell the server now what was handed out and read since the last time (this also happens
+        every ``receipt_interval``). Receipts are notifications: they get no answer, and every
+        cursor is told again at the start of each link, so one lost with a link costs nothing."""
+        ws = self._ws
+        if ws is None or not self._dirty:
+            return
+        dirty, self._dirty = sorted(self._dirty), set()
+        for i in range(0, len(dirty), MAX_RECEIPTS_PER_OP):
+            receipts = []
+            for channel in dirty[i:i + MAX_RECEIPTS_PER_OP]:
+                delivered, read = self._consumed[channel]
+                receipts.append({"channel": channel, **({"delivered": delivered} if delivered else {}),
+                                 **({"read": read} if read else {})})
+            await self._send(ws, _encode({"op": "message.receipt", "receipts": receipts}))
 
     def _note(self, channel: str, *, delivered: int = 0, read: int = 0) -> None:
-        held = self._confirm.setdefault(channel, [0, 0])
-        held[0], held[1] = max(held[0], delivered, read), max(held[1], read)
+        held = self._consumed.setdefault(channel, [0, 0])
+        moved = [max(held[0], delivered, read), max(held[1], read)]
+        if moved != held:
+            held[:] = moved
+            self._dirty.add(channel)
 
     async def _confirm_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            if self._confirm and self.connected:
-                try:
-                    await self.confirm_receipts()
-                except ClientError:
-                    return  # the client is closed or refused
+            if self._dirty and self.connected:
+                await self.confirm_receipts()
 
     async def ping(self, timeout: float | None = 10.0) -> float:
         """Round-trip time to the server in seconds, over the protocol (not WebSocket) ping."""
@@ -653,6 +655,7 @@ class Connection:
         if self.last_seq is None and isinstance(seq, int):
             self.last_seq = seq  # a first link without resume: a later one resumes from here
         self._overflowed = False  # this link resumes from last_seq, so what was dropped comes again
+        self._dirty |= self._consumed.keys()  # a receipt lost with the last link is told again
         self._changed.set()
 
     async def _flush(self, ws: ClientConnection, link: int) -> None:

@@ -184,10 +184,12 @@ class Connection:
                 self._close(action)
             elif isinstance(action, protocol.Authenticate):
                 self._spawn(self._authenticate(action))
-            elif isinstance(action, protocol.Execute) and action.op in ("position", "message.receipt"):
-                # Positions and receipts are handled synchronously (memory only) and do not depend
-                # on earlier ops: skipping the worker's queue saves a task switch each.
-                self._inline(action)
+            elif isinstance(action, protocol.Execute) and action.op == "position":
+                # Positions are handled synchronously and a fix does not depend on earlier ops:
+                # skipping the worker's queue saves a task switch per fix (the busiest op by far).
+                self._position(action)
+            elif isinstance(action, protocol.Notify):
+                self._notify(action)
             elif isinstance(action, protocol.Execute):
                 # One worker per connection: a client's operations apply in the order it sent them.
                 if self.ops is None:
@@ -344,15 +346,21 @@ class Connection:
         while True:
             await self._execute(await self.ops.get())
 
-    def _inline(self, action: protocol.Execute) -> None:
+    def _notify(self, action: protocol.Notify) -> None:
+        """A notification (receipts): carried out at once, from memory; nothing is answered but a
+        refusal, as an error frame without a ref."""
+        try:
+            ops.notify(self.app, self.subscriber, action.op, action.args)
+        except Exception as exc:
+            problem = to_problem(exc)
+            self.send(protocol.error_frame(problem.code, problem.detail))
+
+    def _position(self, action: protocol.Execute) -> None:
         who = self.who
         assert who is not None
         try:
             ops.check_audience(who, action.op, protocol.OPS[action.op].audience.value)
-            if action.op == "position":
-                result = ops.position(self.app, who, action.args)
-            else:
-                result = ops.receipt(self.app, self.subscriber, action.args)
+            result = ops.position(self.app, who, action.args)
         except Exception as exc:
             self._op_failed(action, exc)
             return

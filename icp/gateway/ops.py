@@ -156,11 +156,13 @@ def _client_id(op_id: str) -> str:
     return "op." + hashlib.sha256(op_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
-def receipt(app: web.Application, subscriber: Subscriber | None, args: dict[str, Any]) -> dict[str, Any]:
-    """A client's delivered/read cursors (synchronous: memory only, written in batches)."""
+def notify(app: web.Application, subscriber: Subscriber | None, op: str, args: dict[str, Any]) -> None:
+    """A notification op: a client's delivered/read cursors (memory only, written in batches)."""
+    if op != "message.receipt":
+        raise Problem(400, "unknown_op", f"unknown operation {op!r}")
     if subscriber is None:
         raise forbidden("messaging is for units, dispatchers, supervisors and administrators")
-    return app[MESSAGING].confirm(subscriber, args["receipts"])
+    app[MESSAGING].confirm(subscriber, args["receipts"])
 
 
 def position(app: web.Application, who: Principal, args: dict[str, Any]) -> dict[str, Any]:

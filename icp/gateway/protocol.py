@@ -23,7 +23,7 @@ __all__ = [
     "CLOSE_TOO_BIG", "CLOSE_TOO_SLOW", "CLOSE_UNAUTHORIZED", "ERROR_CODES", "HEARTBEAT_S", "HELLO_TIMEOUT_S",
     "MAX_FRAME_BYTES", "OPS", "PROTOCOL_VERSION", "SUPPORTED_PROTOCOLS",
     "Action", "Audience", "Authenticate", "Check", "Close", "CloseCode", "ErrorCode", "Execute", "Field", "FieldError",
-    "FieldErrorLike", "OpId", "OpSpec", "Origin", "Send", "Session", "State",
+    "FieldErrorLike", "Notify", "OpId", "OpSpec", "Origin", "Send", "Session", "State",
     "error_frame", "event_frame", "message_frame", "positions_frame", "receipts_frame", "resync_frame",
 ]
 
@@ -186,7 +186,15 @@ class Execute:
     args: dict[str, Any]
 
 
-Action: TypeAlias = Send | Close | Authenticate | Execute
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Carry out a validated notification (an op that takes no id and gets no answer)."""
+
+    op: str
+    args: dict[str, Any]
+
+
+Action: TypeAlias = Send | Close | Authenticate | Execute | Notify
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,6 +551,9 @@ class OpSpec:
     summary: str
     # Answered by the session itself (ping, pong): no id needed, no Execute.
     local: bool = False
+    # A notification: no id needed, never answered; what it says is cumulative, so a lost or
+    # repeated one does no harm (receipts). The handler gets a `Notify` action.
+    notify: bool = False
 
 
 OPS: Mapping[str, OpSpec] = MappingProxyType({spec.name: spec for spec in (
@@ -598,7 +609,8 @@ OPS: Mapping[str, OpSpec] = MappingProxyType({spec.name: spec for spec in (
             Field("read", Integer(0, MAX_SEQ), required=False),
         ), at_least_one=("delivered", "read")), MAX_RECEIPTS, "receipts {channel, delivered?, read?}",
             key=lambda r: r["channel"])),
-    )), "confirm, per channel, the last message received (`delivered`) and read (`read`): cumulative"),
+    )), "confirm, per channel, the last message received (`delivered`) and read (`read`): cumulative; "
+        "a notification: no `id` needed, no answer", notify=True),
     OpSpec("message.ack", Audience.ANY, Record((_CHANNEL, Field("seq", Integer(1, MAX_SEQ)))),
            "acknowledge a message (emergency messages ask every member to)"),
     OpSpec("message.history", Audience.ANY, Record((
@@ -932,6 +944,11 @@ class Session:
             return self._invalid(now, "unknown_op", f"unknown operation {op[:40]!r}", op_id)
         if spec.local:
             return self._LOCAL[spec.name](self, frame, now)
+        if spec.notify:
+            try:
+                return [Notify(spec.name, spec.args(frame, ""))]
+            except _Invalid as exc:
+                return self._invalid(now, "invalid_request", f"{spec.name} has invalid fields", op_id, exc.errors)
         if raw_id is not None and op_id is None:
             return self._bad_id(now)
         if op_id is None:

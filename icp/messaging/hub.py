@@ -116,6 +116,9 @@ class MessageHub:
         self.unrestricted: set[Subscriber] = set()
         self.defined: dict[str, Channel] = {}  # talkgroups and direct channels
         self.homes: dict[str, tuple[str, ...]] = {}  # incident → home agencies
+        # Channels as last worked out: forgotten whenever anything but a message passes in the log
+        # (an assignment, an agency, a talkgroup may have changed) and every RECEIPTS_EVERY_S.
+        self._now: dict[str, Channel] = {}
         self.deliveries = 0
         self._receipting: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
@@ -160,15 +163,32 @@ class MessageHub:
         return sum(len(s) for s in self.by_member.values())
 
     # -- channels as they are now -------------------------------------------------------------------
+    def define(self, channel: Channel) -> None:
+        """A talkgroup or direct channel as saved (on this node at once, on the others from the log)."""
+        self.defined[channel.id] = channel
+        self._now.clear()
+
     def remember_homes(self, homes: Mapping[str, Sequence[str]]) -> None:
         if len(self.homes) + len(homes) > HOMES_CACHE:
             for key in list(self.homes)[: HOMES_CACHE // 2]:  # the older half (insertion order)
                 del self.homes[key]
         for incident_id, agencies in homes.items():
             self.homes[incident_id] = tuple(agencies)
+        self._now.clear()
 
     def channel_now(self, channel_id: str, home: Sequence[str] | None = None) -> Channel | None:
         """The channel's audience from this node's memory, or None when it does not know it."""
+        known = self._now.get(channel_id)
+        if known is not None:
+            return known
+        channel = self._work_out(channel_id, home)
+        if channel is not None:
+            if len(self._now) >= HOMES_CACHE:
+                self._now.clear()
+            self._now[channel_id] = channel
+        return channel
+
+    def _work_out(self, channel_id: str, home: Sequence[str] | None) -> Channel | None:
         try:
             kind, rest = parse_channel_id(channel_id)
         except ChannelIdError:
@@ -221,6 +241,8 @@ class MessageHub:
     # -- following the log ----------------------------------------------------------------------------
     def on_events(self, batch: list[RecordedEvent]) -> None:
         """Feed subscriber (after the live picture's, so membership reflects the same batch)."""
+        if any(not e.type.startswith(MESSAGE_PREFIX) for e in batch):
+            self._now.clear()  # membership may have changed with it
         for event in batch:
             kind = event.type
             if kind == store.SENT:
@@ -231,8 +253,7 @@ class MessageHub:
                     "channel": data["channel"], "seq": data["seq"], "member": data["member"],
                     "acked_at": format_at(event.at)})
             elif kind == store.CHANNEL_SAVED:
-                channel = store.channel_from_doc(event.data["channel"])
-                self.defined[channel.id] = channel
+                self.define(store.channel_from_doc(event.data["channel"]))
             elif kind == "incident.created":
                 incident_id = event.data.get("incident_id")
                 if isinstance(incident_id, str):
@@ -279,6 +300,7 @@ class MessageHub:
     async def _send_receipts(self) -> None:
         while True:
             await asyncio.sleep(RECEIPTS_EVERY_S)
+            self._now.clear()  # bounds how long a rebuilt live picture can go unnoticed
             subs, self._receipting = self._receipting, set()
             for sub in subs:
                 batch, sub.receipts = sub.receipts, []

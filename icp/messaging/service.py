@@ -173,8 +173,13 @@ class MessagingService:
         if wait > 0:
             raise Problem(429, "rate_limited", "too many messages; retry shortly",
                           headers={"Retry-After": str(max(1, round(wait)))})
-        channel, known = await self.load(self.pool, channel_id)
-        self.require(channel, known, who, member, write=True)
+        # The node's live picture (which follows the log within milliseconds) answers the common
+        # case without a database read; when it does not know the channel or says no, the database
+        # decides (it may hold an assignment the picture has not seen yet) and names the refusal.
+        channel = self.hub.channel_now(channel_id)
+        if channel is None or not can_write(channel, member):
+            channel, known = await self.load(self.pool, channel_id)
+            self.require(channel, known, who, member, write=True)
         data: dict[str, Any] = {"channel": channel.id, "sender": member.key, "text": text, "priority": priority,
                                 "client_id": client_id or uuid.uuid4().hex}
         if channel.kind is ChannelKind.INCIDENT:
@@ -493,7 +498,7 @@ class MessagingService:
                                              actor=who.actor(), visibility=visibility)])
 
         created, recorded = await self.committer.submit(work)
-        self.hub.defined[channel.id] = channel  # this node at once; the others from the log
+        self.hub.define(channel)  # this node at once; the others from the log
         if recorded:
             self.feed.poke()
         return created

@@ -30,7 +30,6 @@ from icp.store.group_commit import Overloaded
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ("seq", "channel_id", "sender", "client_id", "request_hash", "priority", "attachment_id", "at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +118,14 @@ class MessageWriter:
     async def _commit(self, batch: list[Outgoing]) -> None:
         answers: list[tuple[Outgoing, Written | Exception]] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            # Taken now rather than at the append: the look-up below must see every committed send.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", eventlog.APPEND_LOCK_KEY)
+            # The append lock is taken first, in the same statement as the look-up: that must see
+            # every send committed before this one.
             rows = await conn.fetch(
-                "SELECT m.seq, m.channel_id, m.sender, m.client_id, m.request_hash, m.at FROM messages m"
+                "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($3))"
+                " SELECT m.seq, m.channel_id, m.sender, m.client_id, m.request_hash, m.at FROM locked, messages m"
                 " JOIN unnest($1::text[], $2::text[]) AS k(sender, client_id)"
                 " ON m.sender = k.sender AND m.client_id = k.client_id",
-                [o.sender for o in batch], [o.client_id for o in batch])
+                [o.sender for o in batch], [o.client_id for o in batch], eventlog.APPEND_LOCK_KEY)
             known = {(r["sender"], r["client_id"]): r for r in rows}
             fresh: list[Outgoing] = []
             first: dict[tuple[str, str], Outgoing] = {}
@@ -143,9 +143,15 @@ class MessageWriter:
                     first[key] = out
                     fresh.append(out)
             recorded = await eventlog.append(conn, [o.encoded for o in fresh])
-            await conn.copy_records_to_table("messages", columns=_COLUMNS, records=[
-                (ev.seq, o.channel_id, o.sender, o.client_id, o.fingerprint, o.priority, o.attachment_id, ev.at)
-                for o, ev in zip(fresh, recorded, strict=True)])
+            if fresh:
+                pairs = list(zip(fresh, recorded, strict=True))
+                await conn.execute(
+                    "INSERT INTO messages (seq, channel_id, sender, client_id, request_hash, priority, attachment_id,"
+                    " at) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[],"
+                    " $6::text[], $7::text[], $8::timestamptz[])",
+                    [ev.seq for _, ev in pairs], [o.channel_id for o, _ in pairs], [o.sender for o, _ in pairs],
+                    [o.client_id for o, _ in pairs], [o.fingerprint for o, _ in pairs],
+                    [o.priority for o, _ in pairs], [o.attachment_id for o, _ in pairs], [ev.at for _, ev in pairs])
         written = {id(o): Written(ev.seq, o.channel_id, ev.at) for o, ev in zip(fresh, recorded, strict=True)}
         for out in fresh:
             answers.append((out, written[id(out)]))

@@ -24,6 +24,7 @@ from icp.gateway.protocol import (
     Close,
     Execute,
     FieldError,
+    Notify,
     Send,
     Session,
     State,
@@ -297,7 +298,8 @@ INVALID = [(name, overrides, path) for name, (_, _, invalids) in CASES.items() f
 def test_a_valid_op_is_executed_with_normalised_args(name, overrides, args):
     s = opened()
     fields = patched(CASES[name][0], overrides)
-    assert one(op(s, name, "v-1", **fields)) == Execute(name, "v-1", args)
+    expected = Notify(name, args) if OPS[name].notify else Execute(name, "v-1", args)
+    assert one(op(s, name, "v-1", **fields)) == expected
 
 
 @pytest.mark.parametrize(("name", "overrides", "path"), INVALID)
@@ -598,6 +600,17 @@ def test_op_ids(op_id, ok):
         assert action.frame["ref"] is None
 
 
+def test_a_notification_needs_no_id_and_gets_no_answer():
+    s = opened()
+    receipts = [{"channel": "agency:fire", "delivered": 4}]
+    assert s.receive_text(frame({"op": "message.receipt", "receipts": receipts}), T0 + 1) == [
+        Notify("message.receipt", {"receipts": receipts})]
+    assert s.receive_text(frame({"op": "message.receipt", "id": "n-1", "receipts": receipts}), T0 + 1) == [
+        Notify("message.receipt", {"receipts": receipts})]  # an id changes nothing: still no answer
+    error = sent(s.receive_text(frame({"op": "message.receipt", "receipts": []}), T0 + 1))
+    assert error["code"] == "invalid_request" and error["ref"] is None
+
+
 def test_an_op_without_an_id_is_refused():
     s = opened()
     error = sent(s.receive_text(frame({"op": "status", "status": "available"}), T0))
@@ -856,6 +869,8 @@ def test_the_document_examples_behave_as_shown():
             assert actions == [Send(shown)]
         elif example["op"] in ("ping", "pong"):
             assert actions == ([Send(shown)] if shown else [])
+        elif isinstance(one(actions), Notify):
+            assert shown is None or shown["op"] != "ok", "a notification is not answered"
         elif isinstance(one(actions), Execute):
             if shown and shown["op"] == "error":
                 assert session.op_error(example["id"], shown["code"], shown["message"]) == [Send(shown)]
