@@ -7,10 +7,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 from icp.client import Backoff, ConsoleClient, FieldUnitClient, OpError
 from icp.config import Settings
+from icp.messaging import MESSAGING
 from tests.helpers import bearer, problem
 from tests.icp.client.support import FlakyLink, eventually, unit_token, ws_url
 from tests.icp.messaging.support import incident_channel, next_message
@@ -112,6 +114,31 @@ async def test_an_attachment_is_uploaded_sent_and_served_to_members_only(city: C
     body = await problem(await city.client.post(f"/api/v1/channels/{channel}/messages", headers=bearer(e1_token),
                                                 json={"text": "not mine", "attachment": attachment["id"]}), 422)
     assert body["errors"][0]["field"] == "attachment"
+
+
+async def test_attachments_never_sent_are_removed_after_a_day(city: City, db_url: str) -> None:
+    channel = await incident_channel(city)
+    fire = city.tokens["hki-fire"]
+
+    async def upload() -> str:
+        response = await city.client.post(f"/api/v1/channels/{channel}/attachments", data=PNG,
+                                          headers={**bearer(fire), "Content-Type": "image/png"})
+        return str((await response.json())["id"])
+
+    sent, unsent, recent = await upload(), await upload(), await upload()
+    await city.call("POST", f"/api/v1/channels/{channel}/messages", fire, json={"text": "x", "attachment": sent})
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute("UPDATE attachments SET created_at = now() - interval '2 days' WHERE id = ANY($1)",
+                           [sent, unsent])
+    finally:
+        await conn.close()
+    service = city.client.app[MESSAGING]
+    assert await service.remove_orphans() == 1
+    for attachment_id, status in ((sent, 200), (unsent, 404), (recent, 200)):
+        response = await city.client.get(f"/api/v1/attachments/{attachment_id}", headers=bearer(fire))
+        assert response.status == status, attachment_id
+    assert not (service.files / unsent[4:6] / unsent).exists()
 
 
 @pytest.fixture
