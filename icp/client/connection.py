@@ -252,6 +252,9 @@ class ConnectionOptions:
     max_messages: int = MAX_MESSAGES
     max_receipts: int = MAX_RECEIPTS
     receipt_interval: float | None = RECEIPT_INTERVAL_S  # None: confirm nothing by itself (see confirm_receipts)
+    # False: this client does not show messages (a script, a simulated unit); each is confirmed as
+    # delivered on arrival instead of waiting in a buffer no one reads.
+    take_messages: bool = True
     max_frame: int = MAX_FRAME
     open_timeout: float = 10.0
     ping_interval: float | None = 20.0
@@ -286,7 +289,8 @@ class Connection:
         self._dirty: set[str] = set()  # channels whose cursors the server has not been told on this link
         self._acked: set[tuple[str, int]] = set()  # (channel, seq) acknowledged by this client
         self._receipt_task: asyncio.Task[None] | None = None
-        self._overflowed = False
+        self._overflowed = False  # events were dropped: relink once the consumer catches up
+        self._messages_overflowed = False  # the same for messages (a separate consumer)
         self._ws: ClientConnection | None = None
         self._link = 0  # counts links that reached welcome; an op remembers the last it was sent on
         self._ready = False  # the queue has gone out on this link: new operations are sent directly
@@ -393,7 +397,7 @@ class Connection:
                 message = await self._messages.take()
             except ClientClosed:
                 return
-            if self._overflowed and len(self._messages) <= self._messages.limit // 2:
+            if self._messages_overflowed and len(self._messages) <= self._messages.limit // 2:
                 self._catch_up()
             if message.repeat and (message.channel, message.seq) in self._acked:
                 continue
@@ -655,6 +659,7 @@ class Connection:
         if self.last_seq is None and isinstance(seq, int):
             self.last_seq = seq  # a first link without resume: a later one resumes from here
         self._overflowed = False  # this link resumes from last_seq, so what was dropped comes again
+        self._messages_overflowed = False
         self._dirty |= self._consumed.keys()  # a receipt lost with the last link is told again
         self._changed.set()
 
@@ -717,14 +722,20 @@ class Connection:
         self.last_seq = seq
 
     def _deliver_message(self, message: Message) -> None:
+        if not self.options.take_messages:  # this client shows no messages: it only says they arrived
+            if not message.repeat:
+                self._note(message.channel, delivered=message.seq)
+            return
         if message.repeat:  # an emergency message asking again for an acknowledgement
-            if (message.channel, message.seq) not in self._acked and not self._overflowed:
+            if (message.channel, message.seq) not in self._acked and not self._messages_overflowed:
                 self._messages.offer(message)
             return
         if message.seq <= self._message_seen.get(message.channel, 0):
             return  # sent again after a relink, and already handed over
-        if self._overflowed or not self._messages.offer(message):
-            self._overflowed = True  # not confirmed, so the server sends it again after the relink
+        if self._messages_overflowed or not self._messages.offer(message):
+            # Not confirmed, so the server sends it again on the next link: the consumer of
+            # `messages` asks for one once it has drained half the buffer.
+            self._messages_overflowed = True
             return
         self._message_seen[message.channel] = message.seq
 

@@ -326,9 +326,10 @@ class MessagingService:
         a channel the member belongs to are noted; of one it has left (or this node does not know),
         only as far as this connection was sent messages in it; the rest are ignored."""
         confirmed, ignored = 0, []
+        head = self.feed.head  # nothing beyond what this node has delivered can have been received
         for entry in receipts:
             channel_id = entry["channel"]
-            delivered, read = entry.get("delivered", 0), entry.get("read", 0)
+            delivered, read = min(entry.get("delivered", 0), head), min(entry.get("read", 0), head)
             channel = self.hub.channel_now(channel_id)
             if channel is None or not can_read(channel, sub.member):
                 seen = sub.seen.get(channel_id)
@@ -343,7 +344,8 @@ class MessagingService:
     async def confirm_checked(self, who: Principal, channel_id: str, delivered: int, read: int) -> dict[str, Any]:
         """The same over REST, checked against the database."""
         channel, member = await self.channel_for(who, channel_id)
-        self.receipts.confirm(member.key, channel.id, delivered, read)
+        head = self.feed.head
+        self.receipts.confirm(member.key, channel.id, min(delivered, head), min(read, head))
         return {"confirmed": 1}
 
     async def acknowledge(self, who: Principal, channel_id: str, seq: int) -> dict[str, Any]:
@@ -438,8 +440,8 @@ class MessagingService:
             raise validation([FieldError("with", "the other member: unit:<unit id>, user:<id> or token:<id>")])
         if peer_key == member.key:
             raise validation([FieldError("with", "a direct channel joins two different members")])
-        peer = await self._peer(peer_key)
-        if peer is None or not self._may_talk(member, peer):
+        peer = await self.peer(peer_key)
+        if peer is None or not self.may_talk(member, peer):
             raise not_found(f"member {peer_key}")
         channel_id = direct_id(member.key, peer.key)
         existing = await store.defined_channel(self.pool, channel_id)
@@ -451,7 +453,11 @@ class MessagingService:
         created = await self._save(who, channel, must_be_new=False, visibility=())
         return channel.to_json(), created
 
-    async def _peer(self, key: str) -> Peer | None:
+    async def peer(self, key: str) -> Peer | None:
+        """The member a key names (``unit:``, ``user:``, ``token:``), if it exists and takes part in
+        messaging; None otherwise."""
+        if not valid_member_key(key):
+            return None
         kind, _, ident = key.partition(":")
         if kind == "unit":
             unit = self.live.state.units.get(ident)
@@ -477,7 +483,9 @@ class MessagingService:
         agency = row["agency_id"]
         return Peer(key, name, role, agency, role is Role.ADMIN or (agency is None and role is Role.SUPERVISOR))
 
-    def _may_talk(self, member: Member, peer: Peer) -> bool:
+    _peer = peer  # the names media (issue 11) first used
+
+    def may_talk(self, member: Member, peer: Peer) -> bool:
         """Agency isolation: the same agency, agencies in a mutual-aid relation, or an administrator."""
         if member.unrestricted or peer.unrestricted:
             return True
@@ -486,6 +494,8 @@ class MessagingService:
         agencies = self.live.state.agencies
         return (member.agency == peer.agency or peer.agency in partners_lending_to(agencies, member.agency)
                 or member.agency in partners_lending_to(agencies, peer.agency))
+
+    _may_talk = may_talk
 
     async def _save(self, who: Principal, channel: Channel, *, must_be_new: bool, visibility: tuple[str, ...]
                     ) -> bool:

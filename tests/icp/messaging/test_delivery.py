@@ -206,3 +206,17 @@ def _no_pending(conn: FieldUnitClient) -> Any:
     async def check() -> bool:
         return not conn.pending
     return check
+
+
+async def test_a_client_that_shows_no_messages_confirms_them_as_they_arrive(city: City) -> None:
+    url = ws_url(city.client)
+    channel = await incident_channel(city, ["E1"])
+    token = await unit_token(city, "E1", "hki-fire")
+    async with ConsoleClient(url, city.tokens["hki-fire"]) as fire:
+        async with FieldUnitClient(url, token, take_messages=False) as e1:  # a simulated unit, say
+            await asyncio.gather(fire.wait_connected(5), e1.wait_connected(5))
+            seq = (await fire.send_message(channel, "noted, not shown"))["message"]["seq"]
+            receipts = await receipts_until(fire, lambda rs: any(r.member == "unit:E1" for r in rs))
+            assert receipts[-1].seq == seq and receipts[-1].delivered_at
+        async with FieldUnitClient(url, token) as e1:
+            assert not await messages_for(e1, 1.0), "confirmed: not sent again"
