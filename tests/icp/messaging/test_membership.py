@@ -198,3 +198,16 @@ async def test_talkgroups_are_made_by_supervisors_and_follow_their_lists(city: C
         assert refused.value.code == "not_found"
     listed = [c["id"] for c in (await city.call("GET", "/api/v1/channels", city.tokens["hki-fire"]))["channels"]]
     assert tg in listed and "agency:hki-fire" in listed and "broadcast:hki-fire" in listed
+
+
+async def test_a_unit_dispatched_while_offline_finds_the_incident_thread_when_it_connects(city: City) -> None:
+    channel = await incident_channel(city)
+    fire = city.tokens["hki-fire"]
+    for text in ("caller trapped on 3rd floor", "smoke from the roof"):
+        await city.call("POST", f"/api/v1/channels/{channel}/messages", fire, json={"text": text})
+    await dispatch(city, channel.removeprefix("incident:"), ["E2"])
+    await city.call("POST", f"/api/v1/channels/{channel}/messages", fire, json={"text": "E2, use the east stairs"})
+    async with FieldUnitClient(ws_url(city.client), await unit_token(city, "E2", "hki-fire")) as e2:
+        got = [await next_message(e2) for _ in range(3)]
+    assert [m.text for m in got] == ["caller trapped on 3rd floor", "smoke from the roof", "E2, use the east stairs"]
+    assert {m.channel for m in got} == {channel}
