@@ -248,9 +248,10 @@ class MessagingService:
         else:
             incident_ids = []
         if incident_ids:
-            channels = await store.incident_channels(conn, incident_ids)
-            self.hub.remember_homes({c.incident_id or "": tuple(c.agencies) for c in channels if not c.units})
-            out += channels
+            homes = await store.home_agencies(conn, incident_ids)
+            active = await store.active_assignments(conn, incident_ids)
+            self.hub.remember_homes(homes)
+            out += [incident_channel(i, homes[i], active.get(i, [])) for i in incident_ids if i in homes]
         out += await store.talkgroups_and_directs_of(conn, member.key, member.agency, member.unit,
                                                      everything=member.unrestricted)
         return [c for c in out if can_read(c, member)]

@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from dispatch.lifecycle import ACTIVE_ASSIGNMENT
-from icp.messaging.channels import Channel, ChannelKind, incident_channel
+from icp.messaging.channels import Channel, ChannelKind
 from icp.store.eventlog import format_at
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -99,12 +99,6 @@ async def incident_agency_ids(conn: Conn, incident_id: str) -> list[str] | None:
     """Every agency that sees the incident (home, partners asked or lending), or None: no such incident."""
     row = await conn.fetchrow("SELECT agency_ids FROM incidents WHERE id = $1", incident_id)
     return list(row["agency_ids"]) if row else None
-
-
-async def incident_channels(conn: Conn, incident_ids: Sequence[str]) -> list[Channel]:
-    homes = await home_agencies(conn, incident_ids)
-    active = await active_assignments(conn, incident_ids)
-    return [incident_channel(i, homes.get(i, ()), active.get(i, [])) for i in incident_ids if i in homes]
 
 
 async def incidents_of_unit(conn: Conn, unit_id: str) -> list[str]:
