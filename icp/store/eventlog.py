@@ -205,7 +205,9 @@ async def append(
     encoded = [e if isinstance(e, _Encoded) else encode(e) for e in events]
     if not encoded:
         return []
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK_KEY)
+    # One round trip for the lock and the wake-up (NOTIFY is delivered at commit, wherever it is
+    # sent in the transaction); the head is read after the lock, so it sees the previous holder's.
+    await conn.execute(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}); NOTIFY {EVENTS_CHANNEL}")
     head = await conn.fetchrow("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
     seq, prev = (head["seq"], bytes(head["hash"])) if head else (0, GENESIS_HASH)
     at = now or datetime.now(UTC)
@@ -230,7 +232,6 @@ async def append(
         )
     else:
         await conn.copy_records_to_table("events", records=records, columns=_COLUMNS)
-    await conn.execute(f"NOTIFY {EVENTS_CHANNEL}")
     return recorded
 
 

@@ -34,6 +34,10 @@ class Overloaded(RuntimeError):
     """The commit queue is full; the caller should retry later (HTTP 503 + Retry-After)."""
 
 
+class _Retry(Exception):
+    """A lot of batched work run without a savepoint failed: run the batch again with them."""
+
+
 @dataclass(frozen=True, slots=True)
 class Staged(Generic[T]):
     """What a unit of work produced: a result for its caller and the events it records."""
@@ -88,6 +92,8 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._on_commit = on_commit
+        # Held from one batch to the next while work keeps coming (no pool reset per batch).
+        self._conn: asyncpg.Connection | None = None
         self.stats = GroupCommitStats()
 
     def start(self) -> None:
@@ -100,6 +106,13 @@ class GroupCommitter:
         if self._task is not None:
             await self._task
             self._task = None
+        await self._release()
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
 
     @property
     def queued(self) -> int:
@@ -163,6 +176,11 @@ class GroupCommitter:
     async def _run(self) -> None:
         while True:
             if not self._queue:
+                if self._conn is not None:
+                    # Idle: give the connection back (it is kept only from one batch to the next),
+                    # then look again: work may have come while it was being reset.
+                    await self._release()
+                    continue
                 if self._closing:
                     return
                 self._wake.clear()
@@ -191,8 +209,40 @@ class GroupCommitter:
             return
         results.append((item, staged.result, encoded))
 
-    async def _many(self, conn: asyncpg.Connection, work: BatchWork, items: list[_Item], results: _Results) -> None:
+    async def _transaction(self, conn: asyncpg.Connection, batch: list[_Item], *, direct: bool
+                           ) -> tuple[_Results, list[RecordedEvent]]:
+        results: _Results = []
+        async with conn.transaction():
+            groups: dict[BatchWork, list[_Item]] = {}
+            for item in batch:
+                if item.batch_work is not None:
+                    groups.setdefault(item.batch_work, []).append(item)
+                elif item.work is None:
+                    results.append((item, None, item.events))
+                else:
+                    await self._one(conn, item, item.work, results)
+            if direct and len(groups) == 1 and not results:
+                # The whole transaction is one lot of batched work (the usual case under sensor
+                # load): no savepoint around it (two round trips fewer). If it fails, the
+                # transaction is rolled back and run again with savepoints.
+                [(work, items)] = groups.items()
+                try:
+                    staged = await work(conn, [i.payload for i in items])
+                    encoded = [[eventlog.encode(e) for e in s.events] for s in staged]
+                except Exception as exc:
+                    raise _Retry from exc
+                results.extend((item, s.result, evs) for item, s, evs in zip(items, staged, encoded, strict=True))
+            else:
+                for work, items in groups.items():
+                    await self._many(conn, work, items, results, split=not direct)
+            recorded = await eventlog.append(conn, [e for _, _, evs in results for e in evs])
+        return results, recorded
+
+    async def _many(self, conn: asyncpg.Connection, work: BatchWork, items: list[_Item], results: _Results, *,
+                    split: bool = False) -> None:
         try:
+            if split:  # the lot already failed once
+                raise _Retry
             async with conn.transaction():
                 staged = await work(conn, [i.payload for i in items])
                 encoded = [[eventlog.encode(e) for e in s.events] for s in staged]
@@ -209,19 +259,19 @@ class GroupCommitter:
 
     async def _commit(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
-        results: _Results = []
-        async with self._pool.acquire() as conn, conn.transaction():
-            groups: dict[BatchWork, list[_Item]] = {}
-            for item in batch:
-                if item.batch_work is not None:
-                    groups.setdefault(item.batch_work, []).append(item)
-                elif item.work is None:
-                    results.append((item, None, item.events))
-                else:
-                    await self._one(conn, item, item.work, results)
-            for work, items in groups.items():
-                await self._many(conn, work, items, results)
-            recorded = await eventlog.append(conn, [e for _, _, evs in results for e in evs])
+        if self._conn is None or self._conn.is_closed():
+            self._conn = None
+            self._conn = await self._pool.acquire()
+        conn = self._conn
+        try:
+            try:
+                results, recorded = await self._transaction(conn, batch, direct=True)
+            except _Retry:
+                # The lot failed outside a savepoint: again, each unit on its own savepoint.
+                results, recorded = await self._transaction(conn, batch, direct=False)
+        except BaseException:
+            await self._release()  # the pool resets it, or drops it if it is broken
+            raise
         # Committed: hand each caller its own slice of the recorded events.
         position = 0
         for item, result, events in results:

@@ -18,8 +18,11 @@ from dispatch.incident import Incident, IncidentNumber
 from dispatch.policy import DispatchPolicy
 from dispatch.state import DispatchState
 from geo.coords import Point
+from icp.config import Settings
 from icp.live import LivePicture
-from icp.store.eventlog import RecordedEvent
+from icp.store import database
+from icp.store.eventlog import NewEvent, RecordedEvent
+from icp.store.group_commit import GroupCommitter, Staged
 from tests.helpers import bearer
 from tests.icp.test_intake_api import BUILDING, native, post, sensor  # noqa: F401  (sensor: a fixture)
 
@@ -116,3 +119,34 @@ def test_the_live_pictures_link_path_equals_evolve() -> None:
     assert live.state.incidents[incident.id] == expected.incidents[incident.id]
     assert live.state.incidents[incident.id].alert_ids == ("AL-1", "AL-2", "AL-3", "AL-4")
     assert live.incident_agencies[incident.id] == ["fire"]
+
+
+async def test_a_failing_lot_is_run_again_alert_by_alert(db_url: str) -> None:
+    """Group commit runs a lot of batched work without a savepoint; when it fails, the batch is
+    rolled back and each item runs alone, so only the culprit fails."""
+    pool = await database.create_pool(db_url, Settings(pool_min=1, pool_max=4))
+    committer = GroupCommitter(pool)
+    committer.start()
+
+    async def work(c: asyncpg.Connection, items: list[int]) -> list[Staged[int]]:
+        await c.execute("CREATE TABLE IF NOT EXISTS lot_probe (v int)")
+        await c.executemany("INSERT INTO lot_probe VALUES ($1)", [(v,) for v in items])
+        if 13 in items:
+            await c.execute("SELECT 1/0")
+        return [Staged(v, [NewEvent("test.lot", f"v:{v}", {"v": v})]) for v in items]
+
+    try:
+        results = await committer.submit_batched_all(work, [1, 13, 2])
+        again = await committer.submit_batched_all(work, [3, 4])
+    finally:
+        await committer.stop()
+        await pool.close()
+    assert results[0][0] == 1 and results[2][0] == 2
+    assert isinstance(results[1], asyncpg.DivisionByZeroError)
+    assert [r[0] for r in again] == [3, 4]
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert sorted(await conn.fetchval("SELECT array_agg(v) FROM lot_probe")) == [1, 2, 3, 4]
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE type = 'test.lot'") == 4
+    finally:
+        await conn.close()
