@@ -23,6 +23,7 @@ from icp.gateway.positions import PositionHub
 from icp.geography import Geography
 from icp.intake.service import IntakeService
 from icp.live import LivePicture
+from icp.media.service import media_context
 from icp.messaging.service import messaging_context
 from icp.metrics import Metrics, metrics_middleware
 from icp.scheduler import TimerScheduler
@@ -47,7 +48,8 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.WEBSOCKETS] = weakref.WeakSet()
     if settings.token_cache_ttl_s > 0:
         app[TOKEN_CACHE] = TokenCache(settings.token_cache_ttl_s)
-    app.cleanup_ctx.extend([_database, _group_commit, _event_feed, _geography, _dispatch, messaging_context, _webhooks])
+    app.cleanup_ctx.extend([_database, _group_commit, _event_feed, _geography, _dispatch, messaging_context, _webhooks,
+                            media_context])
     app.on_shutdown.append(_close_websockets)
     setup_routes(app)
     return app

@@ -115,6 +115,26 @@ class Settings:
     message_writer_max_queue: int = 50_000
     message_rate_per_s: float = 20.0
     message_burst: int = 60
+    # Media (docs/media.md): WebRTC calls, incident conferences and push-to-talk, terminated here.
+    # ICE servers ("stun:host:3478,turn:user:secret@host:3478?transport=udp", or a JSON list of
+    # RTCIceServer objects); host addresses offered as candidates (empty: every interface but
+    # loopback, aioice's default; "127.0.0.1" or "loopback,auto" for loopback-only hosts and tests);
+    # the address clients are told a room's node has (room_elsewhere); ring timeout; floor control;
+    # room size; recording retention; camera URLs let through the SSRF rules and the directory
+    # file: URLs may name.
+    media_enabled: bool = True
+    media_ice_servers: str = ""
+    media_host_addresses: str = ""
+    media_node_url: str | None = None
+    media_ring_timeout_s: float = 30.0
+    media_ptt_max_talk_s: float = 30.0
+    media_ptt_emergency_max_talk_s: float = 120.0
+    media_ptt_queue: bool = True
+    media_max_participants: int = 32
+    media_record: bool = True
+    media_retention_days: float = 365.0
+    media_camera_allow: str = ""
+    media_camera_dir: Path | None = None
 
     @property
     def pgdata(self) -> Path:
@@ -199,4 +219,8 @@ def load_settings(
         raise ConfigError("attachment_max_bytes and message_burst must be ≥ 1, message_backlog ≥ 0")
     if settings.message_rate_per_s <= 0 or settings.message_receipt_flush_s <= 0:
         raise ConfigError("message_rate_per_s and message_receipt_flush_s must be positive")
+    if not 2 <= settings.media_max_participants <= 1000 or settings.media_ring_timeout_s <= 0 or (
+            settings.media_ptt_max_talk_s <= 0 or settings.media_ptt_emergency_max_talk_s <= 0
+            or settings.media_retention_days < 0):
+        raise ConfigError("media_max_participants must be 2..1000; media timeouts positive; media_retention_days ≥ 0")
     return settings

@@ -32,8 +32,9 @@ from icp import appkeys
 from icp.auth.guard import principal_for_bearer
 from icp.auth.principal import Principal, Role
 from icp.dispatch_service import may_dispatch
-from icp.errors import FieldError, to_problem
+from icp.errors import FieldError, Problem, to_problem
 from icp.gateway import ops, protocol
+from icp.media import MEDIA
 from icp.messaging import MESSAGING
 from icp.messaging.hub import MESSAGE_PREFIX, Subscriber
 from icp.store import eventlog
@@ -115,6 +116,7 @@ class Connection:
         self.tasks: set[asyncio.Task[None]] = set()
         self.cleanups: list[Callable[[], None]] = []
         self.subscriber: Subscriber | None = None  # message delivery, for principals that take part
+        self.media: Any = None  # the connection's media side (icp.media.service.MediaLink), on first use
         self._room: asyncio.Event | None = None  # set by the sender once _room_wanted places are free
         self._room_wanted = 0
         self.closed = False
@@ -376,12 +378,26 @@ class Connection:
             ops.check_audience(who, action.op, audience)
             if action.op in ("subscribe", "unsubscribe"):
                 result = self._topics(action.op, action.args["topics"])
+            elif action.op.startswith(("rtc.", "ptt.")):
+                result = await self._media(action.op, action.args)
             else:
                 result = await ops.execute(self.app, who, action.op, op_id, action.args)
         except Exception as exc:
             self._op_failed(action, exc)
             return
         self.perform(self.session.op_ok(action.id, result))
+
+    async def _media(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Signaling for calls, conferences and push-to-talk (`icp.media`); leaving closes the rooms."""
+        service = self.app.get(MEDIA)
+        if service is None:
+            raise Problem(501, "unsupported", "media is switched off on this server")
+        if self.media is None:
+            assert self.who is not None
+            link = self.media = service.link(self.who, self.send)
+            self.cleanups.append(lambda: service.unlink(link))
+        result: dict[str, Any] = await service.execute(self.media, op, args)
+        return result
 
     def _op_failed(self, action: protocol.Execute, exc: Exception) -> None:
         problem = to_problem(exc)
