@@ -32,6 +32,13 @@ from icp.store.database import connect, database_url
 log = logging.getLogger(__name__)
 
 
+async def _freeze_heap(app: web.Application) -> None:
+    """Move everything start-up built (gazetteer, road network, live picture) out of the collector's
+    sight: a full collection otherwise walks it all and pauses the event loop for hundreds of ms."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(settings: Settings) -> None:
     if settings.workers > 1:
         supervise(settings)
@@ -41,8 +48,9 @@ def serve(settings: Settings) -> None:
         # With thousands of sockets the heap is large and a full collection pauses the event loop
         # for hundreds of milliseconds; collect less often, and never scan what start-up built.
         gc.set_threshold(settings.gc_threshold, 20, 100)
-        gc.freeze()
     app = create_app(settings)
+    if settings.gc_threshold > 0:
+        app.on_startup.append(_freeze_heap)  # after the cleanup contexts: the road graph, gazetteer, picture
     web.run_app(
         app,
         host=settings.host,
