@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 INBOX = 5  # decoded frames held per participant for the mixer (100 ms); older ones are dropped
 TALK_QUEUE = 50  # the floor holder's frames waiting to be encoded (1 s)
 FLOOR_TICK_S = 0.25
+PC_CLOSE_S = 5.0
 MAX_AUDIO_LEVEL = 32767
 
 
@@ -159,8 +160,8 @@ class Room:
         if participant.video_proxy is not None:
             participant.video_proxy.stop()
         if participant.pc is not None:
-            with contextlib.suppress(Exception):
-                await participant.pc.close()
+            with contextlib.suppress(Exception):  # a peer that vanished must not hold the room up
+                await asyncio.wait_for(participant.pc.close(), PC_CLOSE_S)
         if not self.participants and not self.closed:
             self.on_empty(self)
 
@@ -217,7 +218,11 @@ class Room:
     async def answer(self, participant: Participant, offer_sdp: str) -> str:
         """The client offered: set it, attach this participant's outgoing tracks, answer."""
         pc = self._peer(participant)
+        if not offer_sdp.startswith("v=0"):
+            raise NegotiationError("an SDP offer starts with v=0")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        if not any(t.kind == "audio" for t in pc.getTransceivers()):
+            raise NegotiationError("the offer has no audio section")
         self._attach(pc, participant)
         await pc.setLocalDescription(await pc.createAnswer())
         return pc.localDescription.sdp

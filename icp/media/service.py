@@ -50,6 +50,7 @@ MAX_ROOMS_PER_LINK = 8
 CLAIM_STALE_S = 60.0
 CLAIM_REFRESH_S = 20.0
 SWEEP_EVERY_S = 3600.0
+CLOSE_S = 15.0
 MEDIA_THREADS = max(2, min(8, os.cpu_count() or 2))
 
 
@@ -181,11 +182,14 @@ class MediaService:
             return await self.decline(link, args["call"])
         if op in ("rtc.offer", "rtc.join"):
             room, participant = await self._enter(link, args["room"])
+            fresh = participant.pc is None
             try:
                 if op == "rtc.offer":
                     return {"sdp": await room.answer(participant, args["sdp"]), "type": "answer", **room.view()}
                 return {"sdp": await room.offer(participant, bool(args.get("video"))), "type": "offer", **room.view()}
             except (ValueError, NegotiationError) as exc:
+                if fresh:  # a join that failed leaves no participant behind
+                    await self._leave(link, args["room"], "failed")
                 raise Problem(400, "invalid_request", f"the session description was refused: {str(exc)[:200]}") \
                     from None
         if op == "rtc.answer":
@@ -577,7 +581,8 @@ class MediaService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        # Never block the loop on a worker: what is queued is dropped, a running job finishes alone.
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _elsewhere(room_id: str, node: str) -> Problem:
@@ -615,7 +620,10 @@ async def media_context(app: web.Application) -> AsyncIterator[None]:
         housekeeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await housekeeping
-        await service.close()
+        try:
+            await asyncio.wait_for(service.close(), CLOSE_S)
+        except TimeoutError:
+            log.warning("media did not close within %.0f s", CLOSE_S)
 
 
 __all__ = ["MediaLink", "MediaService", "can_read", "may_see_recording", "media_context"]
