@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from dispatch import _checks as check
 from dispatch.alert_rules import AlertKind, AlertRules, default_alert_rules, shipped_settings
@@ -259,23 +259,24 @@ class OpenIncident:
 
 @dataclass(frozen=True, slots=True)
 class _Group:
-    incidents: tuple[OpenIncident, ...]
+    ids: tuple[str, ...]
     lats: FloatArray
     lons: FloatArray
 
 
 class OpenIncidents:
-    """An immutable snapshot of open incidents, grouped by type with their coordinates as arrays.
+    """An immutable snapshot of open incidents, with their coordinates as arrays per set of
+    incident types an alert may join (one distance computation per alert).
 
     Build it once from the live picture and replace it as incidents change (`with_incident`,
-    `without`). A change copies the per-type index (a handful of entries), not the incidents;
-    an attach that moves no incident keeps its type's coordinate arrays, and anything else
-    rebuilds only the arrays of the type it touches, when next asked. Alerts handled one after
-    another (a batch) must see the incidents the earlier ones opened, so the caller adds each new
-    incident before correlating the next alert (`correlate_all` does).
+    `without`). A change copies the id index, not the incidents; an attach that moves no incident
+    and keeps its type keeps every coordinate array (the arrays hold ids, read back through the
+    index), and anything else drops the arrays of the types it touches, rebuilt when next asked.
+    Alerts handled one after another (a batch) must see the incidents the earlier ones opened, so
+    the caller adds each new incident before correlating the next alert (`correlate_all` does).
     """
 
-    __slots__ = ("_by_id", "_by_type", "_groups")
+    __slots__ = ("_by_id", "_groups")
 
     def __init__(self, incidents: Iterable[OpenIncident] = ()) -> None:
         by_id: dict[str, OpenIncident] = {}
@@ -286,8 +287,7 @@ class OpenIncidents:
                 raise Invalid(f"incident {incident.id!r} is listed twice")
             by_id[incident.id] = incident
         self._by_id: Mapping[str, OpenIncident] = MappingProxyType(by_id)
-        self._by_type: dict[str, tuple[OpenIncident, ...]] | None = None  # built on first use
-        self._groups: dict[str, _Group] = {}
+        self._groups: dict[tuple[str, ...], _Group] = {}  # built on first use, by sorted types
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -298,77 +298,53 @@ class OpenIncidents:
     def get(self, incident_id: str) -> OpenIncident | None:
         return self._by_id.get(incident_id)
 
-    def _types(self) -> dict[str, tuple[OpenIncident, ...]]:
-        if self._by_type is None:
-            grouped: dict[str, list[OpenIncident]] = {}
-            for incident in self._by_id.values():
-                grouped.setdefault(incident.incident_type, []).append(incident)
-            self._by_type = {t: tuple(members) for t, members in grouped.items()}
-        return self._by_type
-
-    def _derived(self, by_id: dict[str, OpenIncident]) -> OpenIncidents:
+    def _derived(self, by_id: dict[str, OpenIncident], touched: frozenset[str]) -> OpenIncidents:
         out = OpenIncidents.__new__(OpenIncidents)
         out._by_id = MappingProxyType(by_id)
-        out._by_type = None if self._by_type is None else dict(self._by_type)
-        out._groups = dict(self._groups)
+        out._groups = {k: g for k, g in self._groups.items() if touched.isdisjoint(k)}
         return out
-
-    def _drop(self, incident: OpenIncident) -> None:
-        if self._by_type is not None:
-            t = incident.incident_type
-            self._by_type[t] = tuple(m for m in self._by_type[t] if m.id != incident.id)
-        self._groups.pop(incident.incident_type, None)
 
     def with_incident(self, incident: OpenIncident) -> OpenIncidents:
         """A snapshot with ``incident`` added, or replacing the one with its id."""
         if not isinstance(incident, OpenIncident):
             raise Invalid("open incidents must be OpenIncident values")
         old = self._by_id.get(incident.id)
-        out = self._derived({**self._by_id, incident.id: incident})
-        t = incident.incident_type
-        if out._by_type is None:
-            return out
-        if old is not None and old.incident_type == t and old.location == incident.location:
-            # Same type, same place (an attach): swap the member and keep the coordinate arrays.
-            members = tuple(incident if m.id == incident.id else m for m in out._by_type[t])
-            out._by_type[t] = members
-            group = out._groups.get(t)
-            if group is not None:
-                out._groups[t] = _Group(members, group.lats, group.lons)
-            return out
-        if old is not None:
-            out._drop(old)
-        out._by_type[t] = (*out._by_type.get(t, ()), incident)
-        out._groups.pop(t, None)
-        return out
+        if old is not None and old.incident_type == incident.incident_type and old.location == incident.location:
+            touched: frozenset[str] = frozenset()  # an attach: same type, same place
+        elif old is not None:
+            touched = frozenset((old.incident_type, incident.incident_type))
+        else:
+            touched = frozenset((incident.incident_type,))
+        return self._derived({**self._by_id, incident.id: incident}, touched)
 
     def without(self, incident_id: str) -> OpenIncidents:
         """A snapshot without the incident (closed or cancelled); unknown ids change nothing."""
         old = self._by_id.get(incident_id)
         if old is None:
             return self
-        out = self._derived({k: v for k, v in self._by_id.items() if k != incident_id})
-        out._drop(old)
-        return out
+        return self._derived({k: v for k, v in self._by_id.items() if k != incident_id},
+                             frozenset((old.incident_type,)))
 
-    def _group(self, incident_type: str) -> _Group | None:
-        group = self._groups.get(incident_type)
+    def _group(self, types: tuple[str, ...]) -> _Group | None:
+        group = self._groups.get(types)
         if group is None:
-            members = self._types().get(incident_type)
+            wanted = set(types)
+            # In type order, each type's incidents in snapshot order.
+            members = sorted((i for i in self._by_id.values() if i.incident_type in wanted),
+                             key=lambda i: i.incident_type)
             if not members:
                 return None
             lats, lons = as_arrays([i.location for i in members])
-            group = self._groups[incident_type] = _Group(members, lats, lons)
+            group = self._groups[types] = _Group(tuple(i.id for i in members), lats, lons)
         return group
 
-    def measure(self, point: Point, types: Iterable[str]) -> list[tuple[tuple[OpenIncident, ...], FloatArray]]:
-        """Each non-empty group of ``types`` (in name order) with its distances from ``point`` (metres)."""
-        out = []
-        for incident_type in sorted(types):
-            group = self._group(incident_type)
-            if group is not None:
-                out.append((group.incidents, haversine_m(point, group.lats, group.lons)))
-        return out
+    def measure(self, point: Point, types: Iterable[str]) -> list[tuple[Sequence[OpenIncident], FloatArray]]:
+        """The incidents of ``types`` (by type name, then snapshot order) with their distances from
+        ``point`` (metres), as one group (none when there are no such incidents)."""
+        group = self._group(tuple(sorted(set(types))))
+        if group is None:
+            return []
+        return [(_Members(group.ids, self._by_id), haversine_m(point, group.lats, group.lons))]
 
     def near(self, point: Point, types: Iterable[str], radius_m: float) -> list[tuple[OpenIncident, float]]:
         """Incidents of ``types`` within ``radius_m`` of ``point``, with their distances (metres)."""
@@ -379,8 +355,31 @@ class OpenIncidents:
         return _nearest(self.measure(point, types))
 
 
+class _Members(Sequence[OpenIncident]):
+    """A group's incidents, looked up by id only when asked (most alerts look at a few)."""
+
+    __slots__ = ("_by_id", "_ids")
+
+    def __init__(self, ids: tuple[str, ...], by_id: Mapping[str, OpenIncident]) -> None:
+        self._ids, self._by_id = ids, by_id
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, i: int) -> OpenIncident: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[OpenIncident]: ...
+
+    def __getitem__(self, i: int | slice) -> OpenIncident | Sequence[OpenIncident]:
+        if isinstance(i, slice):
+            return tuple(self._by_id[x] for x in self._ids[i])
+        return self._by_id[self._ids[i]]
+
+
 def _within(
-    measured: Sequence[tuple[tuple[OpenIncident, ...], FloatArray]], radius_m: float
+    measured: Sequence[tuple[Sequence[OpenIncident], FloatArray]], radius_m: float
 ) -> list[tuple[OpenIncident, float]]:
     out = []
     for incidents, d in measured:
@@ -389,7 +388,7 @@ def _within(
     return out
 
 
-def _nearest(measured: Sequence[tuple[tuple[OpenIncident, ...], FloatArray]]) -> tuple[OpenIncident, float] | None:
+def _nearest(measured: Sequence[tuple[Sequence[OpenIncident], FloatArray]]) -> tuple[OpenIncident, float] | None:
     best: tuple[OpenIncident, float] | None = None
     for incidents, d in measured:
         i = int(d.argmin())
