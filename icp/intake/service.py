@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 CORRELATION_LOCK_KEY = 0x1C9_0003
 AUTO_DISPATCH = "auto_dispatch"
 ALERT_RECEIVED = "alert.received"
+MAX_LINKED_ALERTS = 10_000  # the Incident aggregate's bound on its alert list (dispatch._checks.idents)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,11 +307,13 @@ class _Batch:
         correlation = correlate(facts, open_now, s.policy, s.rules)
         if correlation.action == "attach" and correlation.incident_id is not None:
             incident_id = correlation.incident_id
-            if incident_id in self.incidents or correlation.changed:
+            current = open_now.get(incident_id)
+            # Near the bound of an incident's alert list the whole aggregate checks it, as before.
+            crowded = current is None or current.alert_count + 1 >= MAX_LINKED_ALERTS
+            if incident_id in self.incidents or correlation.changed or crowded:
                 staged = await self._apply(incident_id, correlation.commands(), who)
             else:
                 staged = [self._link(incident_id, alert_id, who)]
-            current = open_now.get(incident_id)
             if current is not None:
                 self.open = open_now.with_incident(current.after(correlation, at))
             self._joined(alert_id, sub, incident_id, "attached", at)
