@@ -269,6 +269,13 @@ class Geography:
                 return found.to_mapping()
         return None
 
+    def offline_address(self, point: Point) -> str | None:
+        """The nearest address the offline gazetteer knows (never the external geocoder: this is
+        for hot paths such as intake, which must not wait on the network)."""
+        gazetteer = self.roads.gazetteer if self.roads else None
+        found = gazetteer.reverse(point) if gazetteer is not None else None
+        return found.to_mapping()["label"] if found is not None else None
+
     def route(self, start: Point, end: Point) -> dict[str, Any]:
         if self.roads is None:
             estimate = self.straight_line.one_to_many(end, [start], 86_400)[0]

@@ -320,12 +320,14 @@ class _Batch:
             attached = AlertOutcome(alert_id, incident_id, "attached", correlation.reason)
             return attached, staged, self.agencies[incident_id]
         agencies, zone = s.dispatch.placement(report.location, who)
+        # Dispatchers read an address in the queue; the alert's headline stays on the alert.
+        address = s.dispatch.geography.offline_address(report.location) or report.headline
         number = await self._next_number()
         incident_id = str(number)
         self.agencies[incident_id] = agencies
         staged = await self._apply(incident_id, [cmd.CreateIncident(
             incident_id=incident_id, number=number, incident_type=decision.incident_type,
-            priority=decision.priority, location=report.location, address=report.headline[:200], zone=zone,
+            priority=decision.priority, location=report.location, address=address[:200], zone=zone,
             alert_ids=(alert_id,))], who)
         self.open = open_now.with_incident(OpenIncident.from_incident(self.incidents[incident_id], at))
         if decision.auto_dispatch:

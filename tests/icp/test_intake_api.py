@@ -56,6 +56,16 @@ async def test_native_alert_is_recorded_and_a_repeat_is_a_duplicate(client: Test
         await conn.close()
 
 
+async def test_a_new_incident_is_named_by_its_street_address(with_roads, client: TestClient, sensor: str,  # type: ignore[no-untyped-def]
+                                                              make_token) -> None:
+    created = await post(client, sensor, native("det-addr", description="Smoke in stairwell B"))
+    admin = await make_token("admin")
+    incident = await (await client.get(f"/api/v1/incidents/{created['incident_id']}", headers=bearer(admin))).json()
+    # The offline gazetteer's nearest address, not the alert's headline (kept on the alert).
+    assert incident["address"] and "smoke" not in incident["address"].lower()
+    assert any(ch.isdigit() for ch in incident["address"]) or "katu" in incident["address"].lower()
+
+
 async def test_bad_native_alerts_name_the_field(client: TestClient, sensor: str, make_token) -> None:  # type: ignore[no-untyped-def]
     bad = {**native("x"), "location": {"lat": 95, "lon": 24}, "kind": "meteor"}
     body = await problem(await client.post("/api/v1/alerts", json=bad, headers=bearer(sensor)), 422)
