@@ -2,10 +2,12 @@
 
 A client confirms, per channel, the last message it received (``delivered``) and read (``read``);
 both only move forward. The node keeps the newest confirmation of each (member, channel) in memory
-and writes them every ``flush_s`` in one statement that advances the cursors and records a receipt
-row for every message they newly cover (`store.flush_cursors`). The receipts so recorded are
-published with NOTIFY ``icp_receipts`` (payloads of at most ~7 KB), and every node hands them to
-the senders connected to it. Receipts are state, not history: they stay out of the event log.
+and writes them every ``flush_s`` in one statement that advances the cursors, records a receipt
+row for every message they newly cover and publishes those receipts with NOTIFY ``icp_receipts``
+(`store.flush_cursors`: PostgreSQL builds the payloads, at most ~7 KB each, so the node's event
+loop does no per-receipt work to write them). Every node hands what it hears to the senders
+connected to it, and skips the rest unread. Receipts are state, not history: they stay out of the
+event log.
 
 Bounds: at most ``max_pending`` (member, channel) confirmations wait for a flush; beyond that new
 ones are dropped (the next confirmation of the same cursor carries them anyway).
@@ -17,14 +19,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
 from icp.messaging import store
 from icp.store.database import connect
-from icp.store.eventlog import format_at
 
 log = logging.getLogger(__name__)
 
@@ -32,34 +33,17 @@ RECEIPTS_CHANNEL = "icp_receipts"
 MAX_PAYLOAD = 7000  # NOTIFY allows 8000 bytes
 
 
-def encode_payloads(rows: Sequence[Any]) -> list[str]:
-    """Receipt rows as NOTIFY payloads: JSON lists of [sender, channel, seq, member, delivered, read]."""
-    out: list[str] = []
-    chunk: list[str] = []
-    size = 2
-    for r in rows:
-        item = json.dumps([r["sender"], r["channel_id"], r["seq"], r["member"],
-                           format_at(r["delivered_at"]) if r["delivered_at"] else None,
-                           format_at(r["read_at"]) if r["read_at"] else None], separators=(",", ":"))
-        if chunk and size + len(item) + 1 > MAX_PAYLOAD:
-            out.append("[" + ",".join(chunk) + "]")
-            chunk, size = [], 2
-        chunk.append(item)
-        size += len(item) + 1
-    if chunk:
-        out.append("[" + ",".join(chunk) + "]")
-    return out
-
-
-def decode_payload(payload: str) -> list[tuple[str, dict[str, Any]]]:
-    """(sender, receipt) pairs from a NOTIFY payload; anything malformed is skipped."""
+def decode_payload(payload: str, wanted: Callable[[str], bool] = lambda sender: True
+                   ) -> list[tuple[str, dict[str, Any]]]:
+    """(sender, receipt) pairs from a NOTIFY payload, for the senders ``wanted``; anything malformed
+    is skipped."""
     try:
         items = json.loads(payload)
     except ValueError:
         return []
     out: list[tuple[str, dict[str, Any]]] = []
     for item in items if isinstance(items, list) else ():
-        if isinstance(item, list) and len(item) == 6:
+        if isinstance(item, list) and len(item) == 6 and isinstance(item[0], str) and wanted(item[0]):
             sender, channel, seq, member, delivered, read = item
             receipt: dict[str, Any] = {"channel": channel, "seq": seq, "member": member}
             if delivered:
@@ -72,10 +56,12 @@ def decode_payload(payload: str) -> list[tuple[str, dict[str, Any]]]:
 
 class ReceiptBook:
     def __init__(self, pool: asyncpg.Pool, url: str, deliver: Callable[[str, dict[str, Any]], None], *,
-                 flush_s: float = 0.25, max_pending: int = 100_000) -> None:
+                 wanted: Callable[[str], bool] = lambda sender: True, flush_s: float = 0.25,
+                 max_pending: int = 100_000) -> None:
         self._pool = pool
         self._url = url
-        self._deliver = deliver
+        self._deliver = deliver  # (sender, receipt): to the sender's connections on this node
+        self._wanted = wanted  # whether a sender has connections on this node
         self.flush_s = flush_s
         self.max_pending = max_pending
         self._pending: dict[tuple[str, str], list[int]] = {}
@@ -130,21 +116,20 @@ class ReceiptBook:
         self._writing = pending
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                rows = await store.flush_cursors(conn, ((m, c, d, r) for (m, c), (d, r) in pending.items()))
-                for payload in encode_payloads(rows):
-                    await conn.execute("SELECT pg_notify($1, $2)", RECEIPTS_CHANNEL, payload)
+                recorded = await store.flush_cursors(conn, ((m, c, d, r) for (m, c), (d, r) in pending.items()),
+                                                     notify=RECEIPTS_CHANNEL, payload_bytes=MAX_PAYLOAD)
         except BaseException:
             for (m, c), (d, r) in pending.items():  # keep them for the next flush
                 self.confirm(m, c, d, r)
             raise
         finally:
             self._writing = {}
-        self.flushed += len(rows)
-        return len(rows)
+        self.flushed += recorded
+        return recorded
 
     async def _listen(self) -> None:
         def on_notify(_conn: object, _pid: object, _channel: object, payload: object) -> None:
-            for sender, receipt in decode_payload(str(payload)):
+            for sender, receipt in decode_payload(str(payload), self._wanted):
                 self._deliver(sender, receipt)
 
         while True:

@@ -577,7 +577,8 @@ async def messaging_context(app: web.Application) -> AsyncIterator[None]:
     writer = MessageWriter(pool, max_batch=settings.message_writer_max_batch,
                            max_queue=settings.message_writer_max_queue)
     writer.start()
-    receipts = ReceiptBook(pool, app[appkeys.DB_URL], hub.receipt_for, flush_s=settings.message_receipt_flush_s)
+    receipts = ReceiptBook(pool, app[appkeys.DB_URL], hub.receipt_for, wanted=hub.by_member.__contains__,
+                           flush_s=settings.message_receipt_flush_s)
     await receipts.start()
     hub.start()
     app[MESSAGING] = service = MessagingService(

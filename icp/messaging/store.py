@@ -247,15 +247,26 @@ WITH input AS (
     ON CONFLICT (member, channel_id) DO UPDATE
         SET delivered = greatest(c.delivered, excluded.delivered), read = greatest(c.read, excluded.read),
             updated_at = now()
+), told AS (  -- each receipt as JSON [sender, channel, seq, member, delivered_at, read_at] ...
+    SELECT json_build_array(m.sender, m.channel_id, k.seq, k.member,
+                            to_char(k.delivered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                            to_char(k.read_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text AS item
+    FROM marked k JOIN messages m ON m.seq = k.seq
+), sized AS (  -- ... in NOTIFY payloads of at most $6 + one item bytes, cut by running length
+    SELECT item, sum(octet_length(item) + 1) OVER (ORDER BY item ROWS UNBOUNDED PRECEDING) / $6 AS chunk FROM told
+), payloads AS (
+    SELECT '[' || string_agg(item, ',') || ']' AS payload FROM sized GROUP BY chunk
 )
-SELECT k.seq, k.member, k.delivered_at, k.read_at, k.acked_at, m.sender, m.channel_id
-FROM marked k JOIN messages m ON m.seq = k.seq
+SELECT (SELECT count(*) FROM told) AS receipts,
+       (SELECT count(*) FROM (SELECT pg_notify($5, payload) FROM payloads) n) AS notices
 """
 
 
-async def flush_cursors(conn: asyncpg.Connection, moves: Iterable[tuple[str, str, int, int]]) -> list[asyncpg.Record]:
-    """Advance (member, channel, delivered, read) cursors and record a receipt for every message
-    they newly cover; returns those receipts with each message's sender and channel."""
+async def flush_cursors(conn: asyncpg.Connection, moves: Iterable[tuple[str, str, int, int]], *, notify: str,
+                        payload_bytes: int) -> int:
+    """Advance (member, channel, delivered, read) cursors, record a receipt for every message they
+    newly cover, and publish those receipts on ``notify`` (JSON built by PostgreSQL, in payloads of
+    at most ``payload_bytes`` plus one receipt); returns how many receipts were recorded."""
     members, channels, delivered, read = [], [], [], []
     for m, c, d, r in moves:
         members.append(m)
@@ -263,8 +274,9 @@ async def flush_cursors(conn: asyncpg.Connection, moves: Iterable[tuple[str, str
         delivered.append(d)
         read.append(r)
     if not members:
-        return []
-    return list(await conn.fetch(_FLUSH, members, channels, delivered, read))
+        return 0
+    row = await conn.fetchrow(_FLUSH, members, channels, delivered, read, notify, payload_bytes)
+    return int(row["receipts"])
 
 
 async def acknowledge(conn: asyncpg.Connection, seq: int, member: str) -> tuple[datetime, bool]:

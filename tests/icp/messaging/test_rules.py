@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from icp.auth.principal import Principal, Role
+from icp.messaging import store
 from icp.messaging.attachments import AttachmentRefused, check_type, path_of, sniff
 from icp.messaging.channels import (
     Channel,
@@ -24,7 +26,7 @@ from icp.messaging.channels import (
     parse_channel_id,
     talkgroup_id,
 )
-from icp.messaging.receipts import MAX_PAYLOAD, decode_payload, encode_payloads
+from icp.messaging.receipts import MAX_PAYLOAD, RECEIPTS_CHANNEL, decode_payload
 
 FIRE_DISPATCHER = Member("token:1", Role.DISPATCHER, "fire")
 FIRE_SUPERVISOR = Member("user:2", Role.SUPERVISOR, "fire")
@@ -109,15 +111,38 @@ def test_content_is_sniffed_not_trusted() -> None:
         path_of(__import__("pathlib").Path("/x"), "att_../../etc")
 
 
-def test_receipt_payloads_fit_notify_and_round_trip() -> None:
-    at = datetime(2026, 5, 1, 12, tzinfo=UTC)
-    rows = [{"sender": "token:1", "channel_id": "incident:I1", "seq": i, "member": f"unit:U{i}",
-             "delivered_at": at, "read_at": at if i % 2 else None} for i in range(500)]
-    payloads = encode_payloads(rows)
-    assert len(payloads) > 1 and all(len(p.encode()) <= MAX_PAYLOAD for p in payloads)
-    decoded = [pair for p in payloads for pair in decode_payload(p)]
-    assert [(s, r["seq"]) for s, r in decoded] == [("token:1", i) for i in range(500)]
-    assert decoded[1][1] == {"channel": "incident:I1", "seq": 1, "member": "unit:U1",
-                             "delivered_at": "2026-05-01T12:00:00.000000Z", "read_at": "2026-05-01T12:00:00.000000Z"}
-    assert "read_at" not in decoded[0][1]
+async def test_receipts_are_published_in_payloads_notify_accepts(conn: asyncpg.Connection) -> None:
+    """The flush builds its NOTIFY payloads in SQL: each must stay under PostgreSQL's 8000 bytes,
+    and together they must carry every receipt, once."""
+    sender, channel = "user:" + "7" * 18, "talkgroup:" + "a" * 60 + ":" + "b" * 40
+    await conn.execute(
+        "INSERT INTO messages (seq, channel_id, sender, client_id, request_hash, priority, at)"
+        " SELECT s, $1, $2, 'c' || s, '\\x00', 'normal', now() FROM generate_series(1, 300) s", channel, sender)
+    heard: list[str] = []
+    await conn.add_listener(RECEIPTS_CHANNEL, lambda *args: heard.append(str(args[3])))
+    members = [f"unit:U{i:03d}-" + "x" * 100 for i in range(40)]
+    async with conn.transaction():
+        recorded = await store.flush_cursors(conn, [(m, channel, 300, 150) for m in members],
+                                             notify=RECEIPTS_CHANNEL, payload_bytes=MAX_PAYLOAD)
+    assert recorded == 300 * 40
+    await asyncio.sleep(0.2)
+    assert len(heard) > 1 and all(len(p.encode()) < 8000 for p in heard)
+    receipts = [pair for p in heard for pair in decode_payload(p)]
+    assert len(receipts) == 300 * 40 and {s for s, _ in receipts} == {sender}
+    assert len({(r["seq"], r["member"]) for _, r in receipts}) == 300 * 40
+    first = next(r for _, r in receipts if r["seq"] == 1)
+    assert first["delivered_at"].endswith("Z") and first["read_at"] == first["delivered_at"]
+    assert "read_at" not in next(r for _, r in receipts if r["seq"] == 151)
+    # Confirming again changes nothing and tells nobody.
+    heard.clear()
+    async with conn.transaction():
+        assert await store.flush_cursors(conn, [(m, channel, 300, 150) for m in members],
+                                         notify=RECEIPTS_CHANNEL, payload_bytes=MAX_PAYLOAD) == 0
+    await asyncio.sleep(0.2)
+    assert heard == []
+    cursors = await conn.fetch("SELECT delivered, read FROM channel_cursors WHERE channel_id = $1", channel)
+    assert {(c["delivered"], c["read"]) for c in cursors} == {(300, 150)} and len(cursors) == 40
+    local = decode_payload(json.dumps([[sender, channel, 1, "unit:U1", None, None], ["user:1", channel, 2, "x", None,
+                                                                                     None]]), {sender}.__contains__)
+    assert [(s, r["seq"]) for s, r in local] == [(sender, 1)]
     assert decode_payload("not json") == [] and decode_payload(json.dumps([[1, 2], "x"])) == []
