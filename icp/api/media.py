@@ -200,6 +200,13 @@ async def ice_servers(request: web.Request) -> web.Response:
     return json_response({"iceServers": _service(request).ice_json()})
 
 
+@operation("This node's media now: rooms, participants, packets forwarded, the event loop's lag (administrators)",
+           tags=("media",), responses={200: {"description": "figures", "schema": OBJ}})
+@require(Role.ADMIN)
+async def media_stats(request: web.Request) -> web.Response:
+    return json_response(_service(request).stats())
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/recordings", list_recordings)
     app.router.add_get("/api/v1/recordings/{id}", get_recording)
@@ -208,3 +215,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/incidents/{id}/cameras", list_cameras)
     app.router.add_delete("/api/v1/incidents/{id}/cameras/{camera}", remove_camera)
     app.router.add_get("/api/v1/media/ice", ice_servers)
+    app.router.add_get("/api/v1/media/stats", media_stats)

@@ -23,15 +23,18 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
+from av.packet import Packet
 from websockets.asyncio.client import ClientConnection
 
 from icp.client.connection import Connection, _decode
 from icp.client.console import ConsoleClient
 from icp.client.field_unit import FieldUnitClient
+from icp.media import handoff
 
 RATE = 48_000
 SAMPLES = 960  # 20 ms
@@ -41,20 +44,54 @@ LEVELS = 500  # (time, level) of the last received audio frames, per peer
 
 class ToneTrack(MediaStreamTrack):
     """A microphone stand-in: a sine tone in 20 ms frames, paced in real time. Set ``amplitude``
-    (0..1) to speak louder or fall silent; ``on_sent(time, amplitude)`` hears of every frame sent."""
+    (0..1) to speak louder or fall silent; ``on_sent(time, amplitude)`` hears of every frame sent.
+
+    With ``encoded`` (the default) the track yields Opus packets it encoded once per amplitude (a
+    second of tone, looped), which aiortc sends without encoding: a test or benchmark with many
+    peers then spends its CPU on what it measures, not on its microphones."""
 
     kind = "audio"
+    LOOP = 50  # packets (1 s) encoded per amplitude
 
-    def __init__(self, frequency: float = 440.0, amplitude: float = 0.3) -> None:
+    def __init__(self, frequency: float = 440.0, amplitude: float = 0.3, *, encoded: bool = True) -> None:
         super().__init__()
         self.frequency = frequency
         self.amplitude = amplitude
+        self.encoded = encoded
         self.sent = 0
         self.on_sent: Callable[[float, float], None] | None = None
         self._pts = 0
         self._start: float | None = None
+        self._loops: dict[float, list[bytes]] = {}
 
-    async def recv(self) -> AudioFrame:
+    def _samples(self, pts: int, amplitude: float) -> np.ndarray:
+        t = (np.arange(SAMPLES) + pts) / RATE
+        return (np.sin(2 * math.pi * self.frequency * t) * amplitude * 32767).astype(np.int16)
+
+    def _frame(self, pts: int, amplitude: float, layout: str = "mono") -> AudioFrame:
+        frame = AudioFrame.from_ndarray(self._samples(pts, amplitude).reshape(1, -1), format="s16", layout=layout)
+        frame.sample_rate = RATE
+        frame.pts = pts
+        frame.time_base = fractions.Fraction(1, RATE)
+        return frame
+
+    def _packets(self, amplitude: float) -> list[bytes]:
+        loop = self._loops.get(amplitude)
+        if loop is None:
+            codec = av.CodecContext.create("libopus", "w")
+            assert isinstance(codec, av.AudioCodecContext)
+            codec.bit_rate, codec.format, codec.layout, codec.sample_rate = 32_000, "s16", "mono", RATE
+            codec.time_base = fractions.Fraction(1, RATE)
+            codec.options = {"application": "voip", "frame_duration": "20"}
+            loop = []
+            pts = 0
+            while len(loop) < self.LOOP:
+                loop += [bytes(p) for p in codec.encode(self._frame(pts, amplitude))]
+                pts += SAMPLES
+            self._loops[amplitude] = loop = loop[: self.LOOP]
+        return loop
+
+    async def recv(self) -> AudioFrame | Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
@@ -64,16 +101,19 @@ class ToneTrack(MediaStreamTrack):
             wait = self._start + self._pts / RATE - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        t = (np.arange(SAMPLES) + self._pts) / RATE
-        samples = (np.sin(2 * math.pi * self.frequency * t) * self.amplitude * 32767).astype(np.int16)
-        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, RATE)
+        amplitude = self.amplitude
+        out: AudioFrame | Packet[Any]
+        if self.encoded:
+            loop = self._packets(amplitude)
+            out = Packet(loop[(self._pts // SAMPLES) % len(loop)])
+            out.pts = self._pts
+            out.time_base = fractions.Fraction(1, RATE)
+        else:
+            out = self._frame(self._pts, amplitude)
         self.sent += 1
         if self.on_sent is not None:
-            self.on_sent(time.monotonic(), self.amplitude)
-        return frame
+            self.on_sent(time.monotonic(), amplitude)
+        return out
 
 
 def level(frame: AudioFrame) -> float:
@@ -193,6 +233,7 @@ class MediaMixin(Connection):
         """Join a room with one peer connection (this client offers): send ``audio`` (a track, e.g.
         `ToneTrack`; None: listen only), receive the room's audio, and its video when ``video``."""
         self._media_init()
+        handoff.install()
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
         peer = RoomPeer(room, pc, audio)
         if audio is not None:

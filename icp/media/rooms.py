@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
@@ -33,6 +34,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
+from icp.media import handoff
 from icp.media.floor import Denied, Effect, Floor, FloorPolicy, Granted, Queued, Rank, Revoked, Speaker
 from icp.media.ice import configuration
 from icp.media.tracks import (
@@ -42,8 +44,10 @@ from icp.media.tracks import (
     OggRecorder,
     OpusEncoder,
     PacketTrack,
+    Restamper,
     Samples,
     VideoSwitch,
+    mix_recordings,
     mono,
 )
 
@@ -86,6 +90,9 @@ class Participant:
     audio_out: PacketTrack = field(default_factory=PacketTrack)
     video_out: VideoSwitch = field(default_factory=VideoSwitch)
     video_in: MediaStreamTrack | None = None
+    audio_in: MediaStreamTrack | None = None
+    tapped: bool = False  # its encoded audio reaches the room directly (icp.media.handoff.tap)
+    restamp: Restamper = field(default_factory=Restamper)  # for what is forwarded to it
     video_proxy: MediaStreamTrack | None = None  # what video_out shows now (a relay subscription)
     video_source: object = None  # the track (or camera) video_proxy relays
     inbox: deque[AudioFrame] = field(default_factory=lambda: deque(maxlen=INBOX))
@@ -101,6 +108,8 @@ class Room:
     """Participants and their peer connections; subclasses route the audio."""
 
     kind = "room"
+    tap_audio = False  # take the encoded audio (on_packet) as well as, or instead of, decoded frames
+    decode_audio = True  # decoded frames are needed (on_audio)
 
     def __init__(self, room_id: str, *, executor: Executor, ice: Any, recordings_dir: Path | None,
                  on_recording: Callable[[Recording], Awaitable[None]], on_empty: Callable[[Room], None],
@@ -155,6 +164,8 @@ class Room:
             self.announce()
         for task in participant.tasks:
             task.cancel()
+        if participant.audio_in is not None:
+            handoff.untap(participant.audio_in)
         participant.audio_out.stop()
         participant.video_out.stop()
         if participant.video_proxy is not None:
@@ -201,9 +212,14 @@ class Room:
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio":
-                task = asyncio.create_task(self._read_audio(participant, track))
-                participant.tasks.add(task)
-                task.add_done_callback(participant.tasks.discard)
+                participant.audio_in = track
+                if self.tap_audio:
+                    participant.tapped = handoff.tap(
+                        track, lambda data, ts: self.on_packet(participant, data, ts), decode=self.decode_audio)
+                if self.decode_audio or not participant.tapped:
+                    task = asyncio.create_task(self._read_audio(participant, track))
+                    participant.tasks.add(task)
+                    task.add_done_callback(participant.tasks.discard)
             elif track.kind == "video":
                 participant.video_in = track
                 self.route_video()
@@ -278,6 +294,9 @@ class Room:
     def on_audio(self, participant: Participant, frame: AudioFrame) -> None:
         raise NotImplementedError
 
+    def on_packet(self, participant: Participant, payload: bytes, rtp_timestamp: int) -> None:
+        """An encoded (Opus) frame from the participant, when the room taps its audio."""
+
     def route_video(self) -> None:
         """Hook: which video each participant is shown."""
 
@@ -331,6 +350,9 @@ class _Transmission:
 
 class Talkgroup(Room):
     kind = "talkgroup"
+    tap_audio = True  # the floor holder's Opus frames are forwarded as they are: no decoding, no encoding
+    decode_audio = False
+    MAX_WRITES = 500  # recording packets waiting for the worker (10 s); beyond, the recording has a gap
 
     def __init__(self, room_id: str, policy: FloorPolicy, **kwargs: Any) -> None:
         super().__init__(room_id, **kwargs)
@@ -340,6 +362,7 @@ class Talkgroup(Room):
         self._wake = asyncio.Event()
         self._transmission: _Transmission | None = None
         self.forwarded = 0  # packets handed to listeners
+        self.restamp = Restamper()
         self._spawn(self._worker())
         self._spawn(self._ticker())
 
@@ -419,6 +442,22 @@ class Talkgroup(Room):
                                                set(self.participants))
 
     # -- audio -------------------------------------------------------------------------------------------
+    def on_packet(self, participant: Participant, payload: bytes, rtp_timestamp: int) -> None:
+        holder = self.floor.holder
+        if holder is None or holder.member != participant.member:
+            return  # only the floor holder is heard
+        participant.frames_in += 1
+        packet = Restamper.packet(payload, self.restamp(participant, rtp_timestamp))
+        for p in list(self.participants.values()):
+            if p is not participant:
+                p.audio_out.push(packet)
+                self.forwarded += 1
+        transmission = self._transmission
+        if transmission is not None and transmission.path is not None and sum(
+                1 for w in self._work if w[0] == "write") < self.MAX_WRITES:
+            self._work.append(("write", packet, transmission))
+            self._wake.set()
+
     def on_audio(self, participant: Participant, frame: AudioFrame) -> None:
         holder = self.floor.holder
         if holder is None or holder.member != participant.member:
@@ -440,7 +479,12 @@ class Talkgroup(Room):
                 continue
             what, item, transmission = self._work.popleft()
             try:
-                if what == "audio":
+                if what == "write":
+                    packets = [item]
+                    while self._work and self._work[0][0] == "write" and self._work[0][2] is transmission:
+                        packets.append(self._work.popleft()[1])
+                    await loop.run_in_executor(self.executor, self._write, packets, transmission)
+                elif what == "audio":
                     packets = await loop.run_in_executor(self.executor, self._encode, item, transmission)
                     holder = self.floor.holder.member if self.floor.holder else None
                     speaker = transmission.speaker if transmission is not None else holder
@@ -465,6 +509,14 @@ class Talkgroup(Room):
                 transmission.recorder.write(packet)
         return packets
 
+    def _write(self, packets: list[AudioPacket], transmission: _Transmission | None) -> None:
+        if transmission is None or transmission.path is None:
+            return
+        if transmission.recorder is None:
+            transmission.recorder = OggRecorder(transmission.path, self.encoder.extradata)
+        for packet in packets:
+            transmission.recorder.write(packet)
+
     async def _finish_transmission(self, transmission: _Transmission) -> None:
         recorder = transmission.recorder
         if recorder is None:
@@ -484,13 +536,103 @@ class Talkgroup(Room):
 # ---------------------------------------------------------------------------------------------------
 # Calls and conferences: mixed audio.
 
+class MixerClock:
+    """One 20 ms clock for every mixing room of the node: each tick gathers every room's frames on
+    the loop and mixes them all in one job in a worker thread (one hand-off per tick, not per room),
+    then hands the packets out. A tick that starts late is caught up at once (the inboxes hold the
+    frames), unless the clock is more than 200 ms behind (a stalled host): then it skips ahead."""
+
+    def __init__(self, executor: Executor, workers: int = 2) -> None:
+        self.executor = executor
+        self.workers = max(1, workers)  # a tick's rooms are shared among this many jobs
+        self.rooms: dict[MixingRoom, None] = {}  # ordered: rooms mix in the order they opened
+        self.lag_s = 0.0
+        self.ticks = 0
+        self.job_s: deque[float] = deque(maxlen=500)  # how long each tick's mixing took (wall)
+        self._task: asyncio.Task[None] | None = None
+        self._batch: asyncio.Future[Any] | None = None
+
+    def add(self, room: MixingRoom) -> None:
+        self.rooms[room] = None
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def remove(self, room: MixingRoom) -> None:
+        """Stop mixing the room; returns once no job touches it any more."""
+        self.rooms.pop(room, None)
+        batch = self._batch
+        if batch is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(batch)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            due += FRAME_S
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.2:
+                due = loop.time()
+            late = max(0.0, -delay)
+            self.lag_s = max(self.lag_s, late)
+            batch = []
+            for room in list(self.rooms):
+                people = list(room.participants.values())
+                batch.append((room, people, [p.inbox.popleft() if p.inbox else None for p in people]))
+                room.lag_s = max(room.lag_s, late)
+            if not batch:
+                continue
+            size = -(-len(batch) // self.workers)
+            parts = [batch[i:i + size] for i in range(0, len(batch), size)]
+            self._batch = asyncio.gather(*(loop.run_in_executor(self.executor, _mix_all, part) for part in parts))
+            started = loop.time()
+            try:
+                results = [out for part in await self._batch for out in part]
+                self.job_s.append(loop.time() - started)
+            except Exception:
+                log.exception("mixing failed")
+                continue
+            finally:
+                self._batch = None
+            for (room, people, _), out in zip(batch, results, strict=True):
+                if room not in self.rooms:
+                    continue
+                for participant, packets in zip(people, out, strict=True):
+                    for packet in packets:
+                        participant.audio_out.push(packet)
+                room.ticks += 1
+            self.ticks += 1
+
+
+def _mix_all(batch: list[tuple[MixingRoom, list[Participant], list[AudioFrame | None]]]
+             ) -> list[list[list[AudioPacket]]]:
+    out = []
+    for room, people, frames in batch:
+        try:
+            out.append(room._mix(people, frames))
+        except Exception:  # one room's failure is its own
+            log.exception("room %s: mixing failed", room.id)
+            out.append([[] for _ in people])
+    return out
+
+
 class MixingRoom(Room):
     """Each participant hears the sum of the others; the recording is the sum of all."""
 
     kind = "conference"
 
-    def __init__(self, room_id: str, *, record: bool = True, **kwargs: Any) -> None:
+    def __init__(self, room_id: str, *, clock: MixerClock, record: bool = True, **kwargs: Any) -> None:
         super().__init__(room_id, **kwargs)
+        self.clock = clock
         self.record = record
         self.recorder: OggRecorder | None = None
         self.record_encoder: OpusEncoder | None = None
@@ -499,16 +641,14 @@ class MixingRoom(Room):
         self.cameras: dict[str, MediaStreamTrack] = {}
         self.ticks = 0
         self.lag_s = 0.0  # the worst a tick started late
-        self._mixer: asyncio.Task[None] | None = None
 
     def encoder_for(self, participant: Participant) -> OpusEncoder | None:
         return OpusEncoder()
 
     def joined(self, participant: Participant) -> None:
-        if self._mixer is None:
+        if self.started_at is None:
             self.started_at = datetime.now(UTC)
-            self._mixer = asyncio.ensure_future(self._mix_loop())
-            self._tasks.add(self._mixer)
+            self.clock.add(self)
         self.route_video()
 
     def left(self, participant: Participant) -> None:
@@ -521,29 +661,6 @@ class MixingRoom(Room):
 
     def on_audio(self, participant: Participant, frame: AudioFrame) -> None:
         participant.inbox.append(frame)
-
-    async def _mix_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        while True:
-            due += FRAME_S
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -0.2:  # far behind (a stalled host): skip ahead rather than burst
-                due = loop.time()
-            self.lag_s = max(self.lag_s, -delay)
-            people = list(self.participants.values())
-            frames = [p.inbox.popleft() if p.inbox else None for p in people]
-            try:
-                out = await loop.run_in_executor(self.executor, self._mix, people, frames)
-            except Exception:
-                log.exception("room %s: mixing failed", self.id)
-                continue
-            for participant, packets in zip(people, out, strict=True):
-                for packet in packets:
-                    participant.audio_out.push(packet)
-            self.ticks += 1
 
     def _mix(self, people: list[Participant], frames: list[AudioFrame | None]) -> list[list[AudioPacket]]:
         voices = [_first_chunk(mono(f)) if f is not None else SILENCE for f in frames]
@@ -568,6 +685,7 @@ class MixingRoom(Room):
         return out
 
     async def finish(self) -> None:
+        await self.clock.remove(self)
         recorder, self.recorder = self.recorder, None
         if recorder is None or self.started_at is None:
             return
@@ -609,16 +727,117 @@ class MixingRoom(Room):
             self.show(participant, source if choice != participant.member else None)
 
 
-class CallRoom(MixingRoom):
-    """A call: two parties; each sees the other's video."""
+class CallRoom(Room):
+    """A call: two parties. Each party's Opus frames are forwarded to the other as they are — no
+    decoding, no encoding while the call lasts — and written as they pass to that party's side of
+    the recording (both sides on one timeline); when the call ends a worker mixes the two sides into
+    the call's one recording. Each party sees the other's video."""
 
     kind = "call"
+    tap_audio = True
+    decode_audio = False
+    MAX_WRITES = 1000  # recording packets waiting for the worker (10 s for two parties)
+
+    def __init__(self, room_id: str, **kwargs: Any) -> None:
+        handoff.install()  # forwarding needs the tap
+        super().__init__(room_id, **kwargs)
+        self.started_at: datetime | None = None
+        self._t0 = time.monotonic()  # one timeline for both sides of the recording
+        self._clocks: dict[str, Restamper] = {}
+        self._sides: dict[str, OggRecorder] = {}
+        self._writes: deque[tuple[str, AudioPacket]] = deque()
+        self._wake = asyncio.Event()
+        self._extradata = OpusEncoder().extradata
+        self._writer: asyncio.Task[None] | None = None
+
+    def joined(self, participant: Participant) -> None:
+        if self.started_at is None:
+            self.started_at = datetime.now(UTC)
+        self.route_video()
+
+    def left(self, participant: Participant) -> None:
+        self.route_video()
+
+    def on_audio(self, participant: Participant, frame: AudioFrame) -> None:
+        pass  # not decoded (the tap forwards the encoded frames)
+
+    def on_packet(self, participant: Participant, payload: bytes, rtp_timestamp: int) -> None:
+        participant.frames_in += 1
+        for other in list(self.participants.values()):
+            if other is not participant and other.pc is not None:
+                other.audio_out.push(Restamper.packet(payload, other.restamp(participant, rtp_timestamp)))
+        if self.recordings_dir is not None and len(self._writes) < self.MAX_WRITES:
+            self._writes.append((participant.member, Restamper.packet(payload, self._pts(participant, rtp_timestamp))))
+            self._wake.set()
+            if self._writer is None:
+                self._writer = asyncio.ensure_future(self._write_loop())
+
+    def _pts(self, participant: Participant, rtp_timestamp: int) -> int:
+        # Each side keeps its own RTP clock; a side's first packet is placed at its arrival.
+        clock = self._clocks.get(participant.member)
+        if clock is None:
+            clock = self._clocks[participant.member] = Restamper(started=self._t0)
+        return clock(participant.member, rtp_timestamp)
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._writes:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = list(self._writes)
+            self._writes.clear()
+            try:
+                await loop.run_in_executor(self.executor, self._write, batch)
+            except Exception:
+                log.exception("call %s: recording failed", self.id)
+
+    def _write(self, batch: list[tuple[str, AudioPacket]]) -> None:
+        for member, packet in batch:
+            side = self._sides.get(member)
+            if side is None:
+                assert self.started_at is not None
+                path = self._recording_path(self.started_at, f"-side-{_safe(member)}")
+                assert path is not None
+                side = self._sides[member] = OggRecorder(path, self._extradata, origin=0)
+            side.write(packet)
+
+    async def finish(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        if self._writes:
+            batch = list(self._writes)
+            self._writes.clear()
+            await loop.run_in_executor(self.executor, self._write, batch)
+        if not self._sides or self.started_at is None:
+            return
+        sides = list(self._sides.values())
+        self._sides = {}
+        path = self._recording_path(self.started_at)
+        assert path is not None
+        duration, size = await loop.run_in_executor(self.executor, _mix_sides, sides, path)
+        await self.on_recording(Recording(self.id, self.kind, path, self.started_at, datetime.now(UTC), duration,
+                                          size, None, tuple(sorted(self.heard))))
 
     def route_video(self) -> None:
         people = list(self.participants.values())
         for participant in people:
             other = next((p for p in people if p is not participant), None)
             self.show(participant, other.video_in if other is not None else None)
+
+
+def _mix_sides(sides: list[OggRecorder], out: Path) -> tuple[float, int]:
+    for side in sides:
+        side.close()
+    try:
+        return mix_recordings([side.path for side in sides], out)
+    finally:
+        for side in sides:
+            side.path.unlink(missing_ok=True)
 
 
 def _chunks(samples: Samples) -> Iterable[Samples]:

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,11 +33,21 @@ from icp import appkeys
 from icp.auth.principal import Principal, Role
 from icp.config import Settings
 from icp.errors import Problem, conflict, forbidden, not_found
-from icp.media import MEDIA
+from icp.media import MEDIA, handoff
 from icp.media.calls import CallState, CallTrigger, IllegalCallTransition, end_reason, step
 from icp.media.floor import FloorPolicy, Rank
 from icp.media.ice import parse_ice_servers, servers_json, use_host_addresses
-from icp.media.rooms import CallRoom, MixingRoom, NegotiationError, Participant, Recording, Room, RoomFull, Talkgroup
+from icp.media.rooms import (
+    CallRoom,
+    MixerClock,
+    MixingRoom,
+    NegotiationError,
+    Participant,
+    Recording,
+    Room,
+    RoomFull,
+    Talkgroup,
+)
 from icp.messaging import MESSAGING
 from icp.messaging.channels import can_read, member_key
 from icp.messaging.hub import dumps
@@ -128,6 +139,30 @@ class RoomRegistry:
                                     self.node_id, sorted(self.held))
 
 
+class LoopLag:
+    """How late the event loop runs a timer (the media path's health): sampled every 20 ms."""
+
+    EVERY_S = 0.02
+
+    def __init__(self, keep: int = 3000) -> None:
+        self.samples: deque[float] = deque(maxlen=keep)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.EVERY_S
+            await asyncio.sleep(self.EVERY_S)
+            self.samples.append(max(0.0, loop.time() - due))
+
+    def summary(self) -> dict[str, float]:
+        values = sorted(self.samples)
+        if not values:
+            return {}
+        return {"p50_ms": round(values[len(values) // 2] * 1000, 2),
+                "p99_ms": round(values[min(len(values) - 1, int(len(values) * 0.99))] * 1000, 2),
+                "max_ms": round(values[-1] * 1000, 2), "samples": len(values)}
+
+
 class MediaService:
     def __init__(self, app: web.Application, settings: Settings) -> None:
         self.app = app
@@ -137,6 +172,7 @@ class MediaService:
         self.ice = parse_ice_servers(settings.media_ice_servers)
         self.registry = RoomRegistry(self.pool, settings.media_node_url or f"http://{settings.host}:{settings.port}")
         self.executor = ThreadPoolExecutor(MEDIA_THREADS, thread_name_prefix="icp-media")
+        self.clock = MixerClock(self.executor, workers=min(MEDIA_THREADS, os.cpu_count() or 2))
         self.recordings_dir = settings.data_dir / "recordings" if settings.media_record else None
         self.rooms: dict[str, Room] = {}
         self.calls: dict[str, Call] = {}
@@ -147,6 +183,7 @@ class MediaService:
                                   queue=settings.media_ptt_queue)
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.loop_lag = LoopLag()
 
     @property
     def messaging(self) -> MessagingService:
@@ -284,7 +321,7 @@ class MediaService:
         if kind == "call":
             room = CallRoom(room_id, **common)
         elif kind == "conference":
-            conference = MixingRoom(room_id, **common)
+            conference = MixingRoom(room_id, clock=self.clock, **common)
             for camera_id, camera in self.cameras.get(room_id.partition(":")[2], {}).items():
                 conference.add_camera(camera_id, camera.track)
             room = conference
@@ -350,7 +387,7 @@ class MediaService:
             raise forbidden("dispatchers choose a conference's video")
         await self._authorize(link, room_id)
         room, _ = self._joined(link, room_id)
-        if not isinstance(room, MixingRoom) or isinstance(room, CallRoom):
+        if not isinstance(room, MixingRoom):
             raise conflict("only a conference has a chosen video")
         try:
             room.choose_video(source)
@@ -545,6 +582,22 @@ class MediaService:
             room = self.rooms.get(room_id) or self._open(room_id)
         return room if isinstance(room, MixingRoom) else None
 
+    def stats(self) -> dict[str, Any]:
+        """What the node's media is doing (rooms, participants, packets, the loop's lag)."""
+        rooms = []
+        for room in self.rooms.values():
+            entry: dict[str, Any] = {"room": room.id, "kind": room.kind, "participants": len(room.participants),
+                                     "frames_in": sum(p.frames_in for p in room.participants.values()),
+                                     "dropped_out": sum(p.audio_out.dropped for p in room.participants.values())}
+            if isinstance(room, Talkgroup):
+                entry["forwarded"] = room.forwarded
+            if isinstance(room, MixingRoom):
+                entry["ticks"], entry["mixer_lag_ms"] = room.ticks, round(room.lag_s * 1000, 2)
+            rooms.append(entry)
+        return {"rooms": rooms, "calls": len(self.calls), "links": len(self.links), "loop_lag": self.loop_lag.summary(),
+                "mixer": {"ticks": self.clock.ticks, "worst_lag_ms": round(self.clock.lag_s * 1000, 2),
+                          "job_ms": _ms(self.clock.job_s)}}
+
     # -- life ------------------------------------------------------------------------------------------------
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -578,11 +631,20 @@ class MediaService:
             with contextlib.suppress(Exception):
                 await self._close_room(room)
         self.rooms.clear()
+        await self.clock.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # Never block the loop on a worker: what is queued is dropped, a running job finishes alone.
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _ms(values: deque[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+    return {"p50": round(ordered[len(ordered) // 2] * 1000, 2),
+            "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2)}
 
 
 def _elsewhere(room_id: str, node: str) -> Problem:
@@ -610,16 +672,19 @@ async def media_context(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     use_host_addresses(settings.media_host_addresses)
+    handoff.install()
     app[MEDIA] = service = MediaService(app, settings)
     housekeeping = asyncio.create_task(service.background(), name="icp-media-housekeeping")
+    lag = asyncio.create_task(service.loop_lag.run(), name="icp-media-loop-lag")
     try:
         with contextlib.suppress(asyncpg.PostgresError, OSError):
             await service.sweep()
         yield
     finally:
-        housekeeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await housekeeping
+        for task in (housekeeping, lag):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         try:
             await asyncio.wait_for(service.close(), CLOSE_S)
         except TimeoutError:

@@ -14,6 +14,7 @@ import asyncio
 import fractions
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -56,7 +57,7 @@ class OpusEncoder:
     """One Opus stream (mono, 20 ms packets). ``encode`` runs in a worker thread; the packets' pts
     follow the wall clock so that a pause (an idle floor) is a pause in RTP time too."""
 
-    def __init__(self, bitrate: int = BITRATE) -> None:
+    def __init__(self, bitrate: int = BITRATE, *, clocked: bool = True) -> None:
         codec = av.CodecContext.create("libopus", "w")
         assert isinstance(codec, av.AudioCodecContext)
         codec.bit_rate = bitrate
@@ -70,10 +71,11 @@ class OpusEncoder:
         self.extradata = bytes(codec.extradata or b"")
         self._started = time.monotonic()
         self._next_pts = 0
+        self.clocked = clocked  # pts follow the wall clock (live); else one frame after another (files)
 
     def encode(self, samples: Samples) -> list[AudioPacket]:
         """Exactly one 20 ms frame of mono samples → its packets (usually one)."""
-        now_pts = int((time.monotonic() - self._started) * RATE)
+        now_pts = int((time.monotonic() - self._started) * RATE) if self.clocked else 0
         pts = max(self._next_pts, now_pts - now_pts % FRAME_SAMPLES)
         self._next_pts = pts + FRAME_SAMPLES
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
@@ -89,6 +91,35 @@ class OpusEncoder:
             copy.time_base = TIME_BASE
             out.append(copy)
         return out
+
+
+class Restamper:
+    """Timestamps for forwarded packets: a source's RTP timestamps (any origin, wrapping at 2**32)
+    become pts on one continuous clock, and a new source (the floor passing on) starts where the
+    wall clock is, never before the last packet sent."""
+
+    def __init__(self, started: float | None = None) -> None:
+        self._started = time.monotonic() if started is None else started
+        self._source: object = None
+        self._first = 0
+        self._base = 0
+        self._last = -FRAME_SAMPLES
+
+    def __call__(self, source: object, rtp_timestamp: int) -> int:
+        if source is not self._source and source != self._source:
+            self._source, self._first = source, rtp_timestamp
+            now = int((time.monotonic() - self._started) * RATE)
+            self._base = max(self._last + FRAME_SAMPLES, now)
+        pts = self._base + ((rtp_timestamp - self._first) & 0xFFFFFFFF)
+        self._last = max(self._last, pts)
+        return pts
+
+    @staticmethod
+    def packet(payload: bytes, pts: int) -> AudioPacket:
+        packet = Packet(payload)
+        packet.pts = packet.dts = pts
+        packet.time_base = TIME_BASE
+        return packet
 
 
 class PacketTrack(MediaStreamTrack):
@@ -126,9 +157,11 @@ class PacketTrack(MediaStreamTrack):
 
 class OggRecorder:
     """Opus packets muxed into an Ogg file as they come (no re-encoding); used from one worker
-    thread at a time. ``duration_s`` is the audio written, from the packets' timestamps."""
+    thread at a time. Timestamps count from the first packet, or from ``origin`` when given (so
+    several files share one timeline); a packet that does not move time forward is skipped (the
+    muxer needs them in order). ``duration_s`` is the audio written, from the timestamps."""
 
-    def __init__(self, path: Path, extradata: bytes) -> None:
+    def __init__(self, path: Path, extradata: bytes, *, origin: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._container = av.open(str(path), "w", format="ogg")
@@ -136,30 +169,89 @@ class OggRecorder:
         stream.codec_context.extradata = extradata
         stream.time_base = TIME_BASE
         self._stream = stream
-        self._first: int | None = None
-        self._last = 0
+        self._first: int | None = origin
+        self._last = -1
         self.packets = 0
 
     def write(self, packet: AudioPacket) -> None:
         pts = packet.pts or 0
         if self._first is None:
             self._first = pts
+        relative = pts - self._first
+        if relative <= self._last:
+            return
         copy = Packet(bytes(packet))
-        copy.pts = copy.dts = pts - self._first
+        copy.pts = copy.dts = relative
         copy.time_base = TIME_BASE
         copy.stream = self._stream
         self._container.mux(copy)
-        self._last = pts - self._first
+        self._last = relative
         self.packets += 1
 
     @property
     def duration_s(self) -> float:
-        return 0.0 if self._first is None else (self._last + FRAME_SAMPLES) / RATE
+        return 0.0 if self._last < 0 else (self._last + FRAME_SAMPLES) / RATE
 
     def close(self) -> int:
         """Finish the file; its size in bytes."""
         self._container.close()
         return self.path.stat().st_size
+
+
+def _decoded(path: Path) -> Iterator[tuple[int, Samples]]:
+    """(pts, mono s16 samples) of an Ogg Opus file, frame by frame."""
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            data: npt.NDArray[Any] = frame.to_ndarray()
+            if data.dtype.kind == "f":
+                data = np.clip(data * 32767, -32767, 32767)
+            if frame.format.is_planar:
+                samples = data.reshape(len(frame.layout.channels), -1).mean(axis=0)
+            else:
+                samples = data.reshape(-1, len(frame.layout.channels)).mean(axis=1)
+            yield max(0, frame.pts or 0), samples.astype(np.int16)
+
+
+def mix_recordings(sources: list[Path], out: Path) -> tuple[float, int]:
+    """Mix Ogg Opus files that share one timeline into one (after a call: the parties' sides were
+    recorded as they were forwarded, with no codec work while the call lasted). Streams through
+    the files 20 ms at a time, whatever their length; returns (duration in s, size in bytes)."""
+    encoder = OpusEncoder(clocked=False)
+    recorder = OggRecorder(out, encoder.extradata, origin=0)
+    feeds: list[dict[str, Any]] = [{"frames": _decoded(p), "pending": None, "done": False} for p in sources]
+    pos = 0
+    written_to = 0
+    while True:
+        end = pos + FRAME_SAMPLES
+        mix = np.zeros(FRAME_SAMPLES, dtype=np.int32)
+        for feed in feeds:
+            while not feed["done"]:
+                if feed["pending"] is None:
+                    feed["pending"] = next(feed["frames"], None)
+                    if feed["pending"] is None:
+                        feed["done"] = True
+                        break
+                start, samples = feed["pending"]
+                stop = start + len(samples)
+                if stop <= pos:
+                    feed["pending"] = None
+                    continue
+                if start >= end:
+                    break
+                a, b = max(start, pos), min(stop, end)
+                mix[a - pos:b - pos] += samples[a - start:b - start]
+                written_to = max(written_to, b)
+                if stop <= end:
+                    feed["pending"] = None
+                    continue
+                break
+        if all(f["done"] for f in feeds) and pos >= written_to:
+            break
+        for packet in encoder.encode(np.clip(mix, -32767, 32767).astype(np.int16)):
+            recorder.write(packet)
+        pos = end
+    size = recorder.close()
+    return recorder.duration_s, size
 
 
 class VideoSwitch(MediaStreamTrack):
