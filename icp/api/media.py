@@ -200,11 +200,16 @@ async def ice_servers(request: web.Request) -> web.Response:
     return json_response({"iceServers": _service(request).ice_json()})
 
 
-@operation("This node's media now: rooms, participants, packets forwarded, the event loop's lag (administrators)",
-           tags=("media",), responses={200: {"description": "figures", "schema": OBJ}})
+@operation("This node's media now: rooms, participants, packets forwarded, the event loop's lag (administrators); "
+           "`reset=1` starts the lag figures afresh", tags=("media",),
+           responses={200: {"description": "figures", "schema": OBJ}})
 @require(Role.ADMIN)
 async def media_stats(request: web.Request) -> web.Response:
-    return json_response(_service(request).stats())
+    service = _service(request)
+    figures = service.stats()
+    if request.query.get("reset") in ("1", "true"):
+        service.loop_lag.samples.clear()
+    return json_response(figures)
 
 
 def setup(app: web.Application) -> None:

@@ -43,7 +43,7 @@ class OpError(ClientError):
 FINAL = frozenset({
     "hello_expected", "unauthorized", "unsupported_protocol", "invalid_json", "not_an_object", "too_large",
     "binary_unsupported", "unknown_op", "invalid_request", "forbidden", "not_found", "conflict",
-    "unit_unavailable", "illegal_transition", "unsupported",
+    "unit_unavailable", "illegal_transition", "unsupported", "room_elsewhere", "room_full",
 })
 
 

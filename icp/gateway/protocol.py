@@ -132,8 +132,8 @@ ERROR_CODES: Mapping[str, ErrorCode] = MappingProxyType({e.code: e for e in (
     ErrorCode("unsupported", _H, "the op is defined but not available on this server yet"),
     ErrorCode("internal_error", _H, "the server failed; retry later with the same id (never applied twice)",
               retryable=True),
-    ErrorCode("room_elsewhere", _H, "the media room lives on another node (`node` names it); connect there to "
-              "join it"),
+    ErrorCode("room_elsewhere", _H, "the media room lives on another node (the message names its address); "
+              "connect there to join it"),
     ErrorCode("callee_unavailable", _H, "the member called has no connection on this node; try again later",
               retryable=True),
     ErrorCode("room_full", _H, "the media room has as many participants as it may"),
