@@ -370,7 +370,8 @@ async def simulate(url: str, token: str, units: int, *, seed: int = 0, speed_fac
     async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as session:
         api = _Api(session, base)
         sims = [SimulatedUnit(unit_id, start, home,
-                              FieldUnitClient(websocket_url(base), unit_token, unit_id=unit_id),
+                              FieldUnitClient(websocket_url(base), unit_token, unit_id=unit_id,
+                                              take_messages=False),  # a simulated crew reads nothing
                               api, rng=random.Random(f"{seed}:{unit_id}"), speed_factor=speed_factor,
                               report_every_s=report_every_s, timing=timing or CrewTiming(), stats=stats)
                 for unit_id, start, home, unit_token in await _enlist(api, units)]

@@ -24,6 +24,9 @@ from icp.auth.principal import Principal, Role
 from icp.dispatch_service import Outcome, Written, sees_incident
 from icp.errors import FieldError, Problem, not_found, validation
 from icp.httpapi import json_response, operation, query_int, read_json_object
+from icp.messaging import MESSAGING
+from icp.messaging.channels import incident_channel_id
+from icp.messaging.hub import MESSAGE_PREFIX
 
 OBJ = {"type": "object"}
 INCIDENT_SCHEMA = {"type": "object", "properties": {
@@ -197,13 +200,26 @@ async def get_incident(request: web.Request) -> web.Response:
 async def timeline(request: web.Request) -> web.Response:
     pool = request.app[appkeys.POOL]
     incident_id = request.match_info["id"]
-    await _load(pool, principal(request), incident_id)  # 404 unless visible
+    who = principal(request)
+    await _load(pool, who, incident_id)  # 404 unless visible
     rows = await pool.fetch("SELECT seq, at, type, actor, data FROM events WHERE subject = $1 ORDER BY seq",
                             f"incident/{incident_id}")
+    if any(r["type"].startswith(MESSAGE_PREFIX) for r in rows) and not await _reads_channel(request, who, incident_id):
+        # Seeing the incident is not enough for its conversation: a partner only asked for mutual
+        # aid, or one whose units have left, reads the channel's messages no more than the channel.
+        rows = [r for r in rows if not r["type"].startswith(MESSAGE_PREFIX)]
     return json_response({"events": [
         {"seq": r["seq"], "at": r["at"].isoformat(), "type": r["type"], "actor": r["actor"],
          "data": {k: v for k, v in r["data"].items() if k != "agency_ids"}} for r in rows
     ]})
+
+
+async def _reads_channel(request: web.Request, who: Principal, incident_id: str) -> bool:
+    try:
+        await request.app[MESSAGING].channel_for(who, incident_channel_id(incident_id))
+    except Problem:
+        return False
+    return True
 
 
 # -- recommendation and commands -----------------------------------------------------------------

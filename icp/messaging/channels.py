@@ -157,11 +157,15 @@ class Channel:
         return out
 
 
+def incident_channel_id(incident_id: str) -> str:
+    return f"{ChannelKind.INCIDENT.value}:{incident_id}"
+
+
 def incident_channel(incident_id: str, home: Iterable[str], active: Iterable[tuple[str, str]]) -> Channel:
     """The channel of an incident whose home agencies are ``home`` and whose active assignments
     are ``(unit id, unit agency)`` pairs."""
     pairs = list(active)
-    return Channel(f"incident:{incident_id}", ChannelKind.INCIDENT, f"incident {incident_id}",
+    return Channel(incident_channel_id(incident_id), ChannelKind.INCIDENT, f"incident {incident_id}",
                    incident_id=incident_id, agencies=frozenset(home) | {a for _, a in pairs},
                    units=frozenset(u for u, _ in pairs))
 

@@ -100,3 +100,19 @@ async def test_an_unanswered_request_times_out_and_the_next_unit_goes(quick_answ
     timeline = (await city.call("GET", f"/api/v1/incidents/{iid}/timeline"))["events"]
     escalation = next(e for e in timeline if e["type"] == "incident.escalated")
     assert "did not answer the mutual-aid request" in escalation["data"]["reason"]
+
+
+async def test_a_partner_only_asked_sees_the_incident_but_not_its_conversation(city: City) -> None:
+    iid, after = await _fire(city)
+    await city.call("POST", f"/api/v1/channels/incident:{iid}/messages", city.tokens["hki-fire"],
+                    json={"text": "hydrant at the corner is dry"})
+    espoo = city.tokens["espoo-fire"]
+
+    async def message_types(token: str) -> list[str]:
+        events = (await city.call("GET", f"/api/v1/incidents/{iid}/timeline", token))["events"]
+        return [e["type"] for e in events if e["type"].startswith("message.")]
+
+    assert await message_types(city.tokens["hki-fire"]) == ["message.sent"]
+    assert await message_types(espoo) == []  # asked, not yet part of it
+    await city.call("POST", f"/api/v1/assignments/{after['assignments'][0]['id']}/accept", espoo)
+    assert await message_types(espoo) == ["message.sent"]  # its unit is on the way: a member now
