@@ -34,6 +34,7 @@ from typing import Any
 import aiortc.rtcrtpreceiver as receiver
 import av
 from aiortc.codecs import get_decoder
+from aiortc.jitterbuffer import JitterBuffer
 
 log = logging.getLogger(__name__)
 _original = receiver.decoder_worker
@@ -123,6 +124,19 @@ def tap(track: Any, on_packet: Callable[[bytes, int], None], *, decode: bool = T
     if receiver.decoder_worker is not decoder_worker or output_q is None:
         return False
     _taps[id(output_q)] = Tap(on_packet, decode)
+    return True
+
+
+def forwarding_buffer(receiver_: Any, prefetch: int = 1) -> bool:
+    """Make an audio receiver hand frames on as soon as they are complete. aiortc's audio jitter
+    buffer holds 4 frames (80 ms) before the first leaves, right for a decoder that plays them, not
+    for a server that forwards them to listeners whose own jitter buffers do that work; here the
+    frame leaves when the next packet shows it is complete (20 ms)."""
+    attribute = "_RTCRtpReceiver__jitter_buffer"  # aiortc keeps it private; checked, not assumed
+    current = getattr(receiver_, attribute, None)
+    if not isinstance(current, JitterBuffer) or current._is_video:
+        return False
+    setattr(receiver_, attribute, JitterBuffer(capacity=current.capacity, prefetch=prefetch))
     return True
 
 

@@ -216,6 +216,10 @@ class Room:
                 if self.tap_audio:
                     participant.tapped = handoff.tap(
                         track, lambda data, ts: self.on_packet(participant, data, ts), decode=self.decode_audio)
+                    if participant.tapped and not self.decode_audio:
+                        for rtp_receiver in pc.getReceivers():
+                            if rtp_receiver.track is track:
+                                handoff.forwarding_buffer(rtp_receiver)
                 if self.decode_audio or not participant.tapped:
                     task = asyncio.create_task(self._read_audio(participant, track))
                     participant.tasks.add(task)
