@@ -1,4 +1,4 @@
-"""The dispatcher web console: its static files under ``/console/``, its settings, and gateway tickets.
+"""The dispatcher web console: its static files under ``/console/`` and its settings.
 
 The console is plain files (``web/``: HTML, JavaScript modules, CSS) with no data in them: every
 incident, unit and message reaches the browser through the API and the gateway, which need a
@@ -6,31 +6,26 @@ session. The files are sent with a strict Content-Security-Policy (scripts and s
 origin only, no inline script), revalidated on every load (``no-cache`` with an ETag: there is no
 build step that would give them versioned names), and only from the ``web/`` folder.
 
-The browser's session cookie is HttpOnly, so the console's JavaScript cannot put it in the
-gateway's ``hello``; instead it asks for a *ticket*: a bearer token of the same role and agency
-that expires after a minute, enough to open one WebSocket (the gateway checks tokens at the
-``hello`` only, so the socket outlives the ticket). Each reconnect asks for a new one.
+The console's gateway link authenticates with the same session: the browser sends the
+(HttpOnly) cookie with the WebSocket upgrade, and a ``hello`` without a token uses it (see
+``icp.gateway.handler.console_session`` for the Origin check that goes with it).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from icp import appkeys
-from icp.auth import credentials
 from icp.auth.guard import principal, require
-from icp.auth.principal import Role
 from icp.errors import not_found
 from icp.httpapi import json_response, operation
 from icp.resources import resource_dir
 
-TICKET_TTL = timedelta(seconds=60)
 MAX_FILE_BYTES = 4 * 1024 * 1024
 # What the console ships; anything else in web/ (or outside it) is not served.
 CONTENT_TYPES = {
@@ -142,24 +137,8 @@ async def console_config(request: web.Request) -> web.Response:
     }, headers={"Cache-Control": "no-store"})
 
 
-@operation("A gateway ticket for the console: a bearer token of the caller's role and agency, valid for a "
-           "minute, to put in the WebSocket hello (the session cookie is HttpOnly)", tags=("console",),
-           responses={201: {"description": "the ticket", "schema": {"type": "object", "properties": {
-               "token": {"type": "string"}, "expires_at": {"type": "string"}}}}})
-@require(Role.DISPATCHER)
-async def gateway_ticket(request: web.Request) -> web.Response:
-    who = principal(request)
-    issued = await credentials.create_token(
-        request.app[appkeys.POOL], who.role.value, agency=who.agency, name=f"console ticket: {who.name}"[:100],
-        expires_in=TICKET_TTL)
-    assert issued.expires_at is not None
-    return json_response({"token": issued.secret, "expires_at": issued.expires_at.isoformat()}, status=201,
-                         headers={"Cache-Control": "no-store"})
-
-
 def setup(app: web.Application) -> None:
     app.router.add_get("/api/v1/console/config", console_config)
-    app.router.add_post("/api/v1/console/ticket", gateway_ticket)
     try:
         folder = resource_dir("web")
     except FileNotFoundError:  # an installation without the console still serves the API

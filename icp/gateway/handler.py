@@ -25,10 +25,12 @@ import secrets
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
 from icp import appkeys
+from icp.auth import credentials
 from icp.auth.guard import principal_for_bearer
 from icp.auth.principal import Principal, Role
 from icp.dispatch_service import may_dispatch
@@ -94,9 +96,13 @@ log = logging.getLogger(__name__)
 
 
 class Connection:
-    def __init__(self, app: web.Application, ws: web.WebSocketResponse) -> None:
+    def __init__(self, app: web.Application, ws: web.WebSocketResponse, *,
+                 session_principal: Principal | None = None) -> None:
         self.app = app
         self.ws = ws
+        # The console's session (cookie on the upgrade request, same origin): used by a hello
+        # without a token, since the page's script cannot read an HttpOnly cookie.
+        self.session_principal = session_principal
         # 256 remembered answers bound a busy unit's session to ~35 KB; repeats beyond that are
         # still answered from the server's idempotency record.
         self.session = protocol.Session(now=time.monotonic(), max_answers=256)
@@ -228,9 +234,12 @@ class Connection:
 
     async def _hello(self, hello: protocol.Authenticate) -> None:
         app = self.app
-        who = await principal_for_bearer(app, hello.token)
+        who = (await principal_for_bearer(app, hello.token) if hello.token is not None
+               else self.session_principal)
         if who is None:
-            self.perform(self.session.auth_failed())
+            self.perform(self.session.auth_failed(
+                "the token is unknown, revoked or expired" if hello.token is not None
+                else "no token in the hello, and no console session with the connection"))
             return
         self.who, self.agencies = who, who.visible_agencies()
         self.agency_set = frozenset(self.agencies) if self.agencies is not None else None
@@ -422,16 +431,29 @@ class Connection:
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     # Heartbeats are the protocol's (ping/pong frames); aiohttp's own stay off so there is one clock.
     ws = web.WebSocketResponse(max_msg_size=protocol.MAX_FRAME_BYTES + 1024, heartbeat=None, autoping=False)
+    session = await console_session(request)
     await ws.prepare(request)
     registry = request.app[appkeys.WEBSOCKETS]
     registry.add(ws)
     try:
-        await Connection(request.app, ws).run()
+        await Connection(request.app, ws, session_principal=session).run()
     except Exception:
         log.exception("websocket connection failed")
     finally:
         registry.discard(ws)
     return ws
+
+
+async def console_session(request: web.Request) -> Principal | None:
+    """The principal of the session cookie sent with the upgrade, if any — only when the page that
+    opens the socket is this server's own: browsers send cookies with cross-site WebSocket
+    upgrades (SameSite does not cover every case), and a WebSocket is not bound by CORS, so the
+    Origin header is the check (cross-site WebSocket hijacking)."""
+    cookie = request.cookies.get(credentials.SESSION_COOKIE)
+    origin = request.headers.get("Origin")
+    if not cookie or not origin or urlsplit(origin).netloc != request.host:
+        return None
+    return await credentials.principal_for_session(request.app[appkeys.POOL], cookie)
 
 
 def setup(app: web.Application) -> None:

@@ -170,9 +170,10 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class Authenticate:
-    """Check the token; then call `Session.authenticated` or `Session.auth_failed`."""
+    """Check the token (None: the console's session cookie sent with the upgrade request); then
+    call `Session.authenticated` or `Session.auth_failed`."""
 
-    token: str
+    token: str | None
     resume_from: int | None
     client: dict[str, Any]
 
@@ -524,7 +525,7 @@ _TALKGROUP = Field("talkgroup", Pattern(re.compile(rf"(talkgroup|incident|agency
                                         "agency:<id>"))
 
 HELLO: Final = Record((
-    Field("token", Text(MAX_TOKEN_CHARS)),
+    Field("token", Text(MAX_TOKEN_CHARS), required=False),  # absent: the session cookie of the upgrade
     Field("resume_from", Integer(0), required=False),
     Field("protocol", Integer(), required=False),
     Field("client", FreeObject("an object describing the client (app, version, device), free-form"),
@@ -912,7 +913,7 @@ class Session:
             return [Send(error_frame("invalid_request", "the hello has invalid fields", None, exc.errors)),
                     *self.close(CLOSE_BAD_HELLO, "bad hello")]
         self.state = State.AUTHENTICATING
-        return [Authenticate(args["token"], args.get("resume_from"), args.get("client", {}))]
+        return [Authenticate(args.get("token"), args.get("resume_from"), args.get("client", {}))]
 
     def _hold(self, text: str | None, now: float) -> list[Action]:
         # Frames pipelined behind the hello run once the welcome is sent, in order.

@@ -1,9 +1,9 @@
-// The gateway link (GET /ws, docs/protocol.md): hello with a ticket, resume from the last seq
+// The gateway link (GET /ws, docs/protocol.md): hello on the session cookie, resume from the last seq
 // seen, heartbeats, and reconnection with a jittered backoff. The owner hears about everything
 // through callbacks: onStatus("connecting" | "online" | "offline"), onWelcome(welcome, resumed),
 // onEvent(frame), onPositions(units), onResync(seq), onFrame(frame).
 
-import { ApiError, post } from "./api.js";
+import { ApiError, get } from "./api.js";
 
 const MIN_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 15000;
@@ -44,9 +44,11 @@ export class Live {
   async connect() {
     if (this.stopped) return;
     this.setStatus(this.status === "online" ? "offline" : this.status === "offline" ? "connecting" : this.status);
-    let ticket;
+    // The socket authenticates with the session cookie the browser sends with the upgrade (the
+    // hello carries no token); checking the session first tells an expired login (show the login
+    // form) from a server that is away (retry).
     try {
-      ticket = await post("/api/v1/console/ticket", {});
+      await get("/api/v1/session");
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) return; // the app shows the login
       this.retry();
@@ -57,7 +59,7 @@ export class Live {
     const ws = new WebSocket(url);
     this.ws = ws;
     ws.onopen = () => {
-      const hello = { op: "hello", token: ticket.token, protocol: 1, client: { app: "icp-console", version: "1" } };
+      const hello = { op: "hello", protocol: 1, client: { app: "icp-console", version: "1" } };
       if (this.lastSeq !== null) hello.resume_from = this.lastSeq;
       ws.send(JSON.stringify(hello));
       this.resuming = this.lastSeq !== null;

@@ -376,7 +376,7 @@ def test_binary_first_is_refused():
 
 
 @pytest.mark.parametrize(("fields", "path"), [
-    ({"token": None}, "/token"), ({"token": 5}, "/token"), ({"token": ""}, "/token"),
+    ({"token": 5}, "/token"), ({"token": ""}, "/token"),
     ({"token": "t" * 4097}, "/token"), ({"resume_from": -1}, "/resume_from"), ({"resume_from": "3"}, "/resume_from"),
     ({"resume_from": 2.0}, "/resume_from"), ({"resume_from": True}, "/resume_from"), ({"protocol": "1"}, "/protocol"),
     ({"client": []}, "/client"), ({"client": "mdt"}, "/client"), ({"client": {"name": "nul\u0000"}}, "/client"),
@@ -388,6 +388,11 @@ def test_a_malformed_hello_is_refused_with_4400(fields, path):
     assert len(actions) == 2 and actions[1] == Close(4400, "bad hello")
     error = actions[0].frame
     assert error["code"] == "invalid_request" and [e["field"] for e in error["errors"]] == [path]
+
+
+def test_a_hello_without_a_token_asks_for_the_connection_s_session():
+    actions = Session(now=T0).receive_text(frame({"op": "hello", "resume_from": 7}), T0)
+    assert actions == [Authenticate(None, 7, {})]  # the handler decides: the console's session cookie, or 4401
 
 
 @pytest.mark.parametrize("version", [0, 2, 99, -1])
