@@ -364,11 +364,13 @@ class Worker:
         raise ValueError(f"unknown command {name!r}")
 
 
-async def main(host: str, port: int) -> None:
+async def serve_commands(worker: Any) -> None:
+    """Run a load-generating worker on this process's pipes: one JSON command per stdin line,
+    answered by one JSON line on stdout (``{"ok": …}``), until ``{"cmd": "exit"}`` or EOF. The
+    worker has ``handle(cmd)`` and the ``conns`` it aborts at the end."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 26)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    worker = Worker(host, port)
     try:
         while line := await reader.readline():
             cmd = json.loads(line)
@@ -384,6 +386,10 @@ async def main(host: str, port: int) -> None:
         for conn in list(worker.conns):
             if conn.transport is not None:
                 conn.transport.abort()
+
+
+async def main(host: str, port: int) -> None:
+    await serve_commands(Worker(host, port))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Api, Server, gather_limited
 from bench.gateway import CpuMeter, Workers, machine, ms_summary, settle
-from bench.gateway_worker import Conn, raise_nofile
+from bench.gateway_worker import Conn, raise_nofile, serve_commands
 from bench.gateway_worker import Worker as ConnectionWorker
 
 AGENCY = "bench"
@@ -148,25 +148,7 @@ class MessageWorker(ConnectionWorker):
 
 
 async def worker_main(host: str, port: int, index: int) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 26)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    worker = MessageWorker(host, port, index)
-    try:
-        while line := await reader.readline():
-            cmd = json.loads(line)
-            if cmd.get("cmd") == "exit":
-                break
-            try:
-                answer = {"ok": True, **await worker.handle(cmd)}
-            except Exception as exc:  # reported to the parent, which decides
-                answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            sys.stdout.write(json.dumps(answer) + "\n")
-            sys.stdout.flush()
-    finally:
-        for conn in list(worker.conns):
-            if conn.transport is not None:
-                conn.transport.abort()
+    await serve_commands(MessageWorker(host, port, index))
 
 
 SELF = str(Path(__file__).resolve())
