@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 
 from icp.messaging import store
-from icp.store.database import connect
+from icp.store.feed import listen
 
 log = logging.getLogger(__name__)
 
@@ -132,20 +132,7 @@ class ReceiptBook:
             for sender, receipt in decode_payload(str(payload), self._wanted):
                 self._deliver(sender, receipt)
 
-        while True:
-            conn = None
-            try:
-                conn = await connect(self._url, timeout=5)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(RECEIPTS_CHANNEL, on_notify)
-                self.listening = True
-                await lost.wait()
-            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-                log.debug("receipts listener unavailable: %s", exc)
-            finally:
-                self.listening = False
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.close(timeout=2)
-            await asyncio.sleep(1.0)
+        def listening(up: bool) -> None:
+            self.listening = up
+
+        await listen(self._url, RECEIPTS_CHANNEL, on_notify, listening)

@@ -23,6 +23,30 @@ log = logging.getLogger(__name__)
 Subscriber = Callable[[list[RecordedEvent]], None]
 
 
+async def listen(url: str, channel: str, on_notify: Callable[..., None], listening: Callable[[bool], None],
+                 *, retry_s: float = 1.0) -> None:
+    """LISTEN on ``channel`` on a connection of its own for as long as the calling task runs,
+    connecting again after a lost connection; ``listening(True/False)`` follows the state, so the
+    caller can catch up on what it may have missed in between."""
+    while True:
+        conn = None
+        try:
+            conn = await connect(url, timeout=5)
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+            await conn.add_listener(channel, on_notify)
+            listening(True)
+            await lost.wait()
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            log.debug("listener on %s unavailable: %s", channel, exc)
+        finally:
+            listening(False)
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=2)
+        await asyncio.sleep(retry_s)
+
+
 class EventFeed:
     def __init__(
         self, url: str, pool: asyncpg.Pool, *, poll_interval_s: float = 1.0, page: int = 1000
@@ -72,24 +96,12 @@ class EventFeed:
         def on_notify(*_: object) -> None:
             self._wake.set()
 
-        while True:
-            conn = None
-            try:
-                conn = await connect(self._url, timeout=5)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(eventlog.EVENTS_CHANNEL, on_notify)
-                self.listening = True
+        def listening(up: bool) -> None:
+            self.listening = up
+            if up:
                 self._wake.set()  # catch up on anything committed while we were not listening
-                await lost.wait()
-            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-                log.debug("event feed listener unavailable: %s", exc)
-            finally:
-                self.listening = False
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.close(timeout=2)
-            await asyncio.sleep(min(self._poll, 1.0))
+
+        await listen(self._url, eventlog.EVENTS_CHANNEL, on_notify, listening, retry_s=min(self._poll, 1.0))
 
     async def _follow(self) -> None:
         while True:
