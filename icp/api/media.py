@@ -193,11 +193,13 @@ async def remove_camera(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@operation("The ICE servers (STUN/TURN) a WebRTC client should use with this server", tags=("media",),
-           responses={200: {"description": "ICE servers", "schema": OBJ}})
+@operation("The ICE servers (STUN/TURN) a WebRTC client should use with this server (`iceServers`), and how long "
+           "a call rings before it ends as missed (`ring_timeout_s`, for a client's ringing countdown)",
+           tags=("media",), responses={200: {"description": "ICE servers", "schema": OBJ}})
 @require()
 async def ice_servers(request: web.Request) -> web.Response:
-    return json_response({"iceServers": _service(request).ice_json()})
+    return json_response({"iceServers": _service(request).ice_json(),
+                          "ring_timeout_s": request.app[appkeys.SETTINGS].media_ring_timeout_s})
 
 
 @operation("This node's media now: rooms, participants, packets forwarded, the event loop's lag (administrators); "
