@@ -83,7 +83,7 @@ def content_security_policy(request: web.Request) -> str:
     host = request.host
     return "; ".join([
         "default-src 'none'", "script-src 'self'", "style-src 'self'", f"img-src {' '.join(images)}",
-        f"connect-src 'self' ws://{host} wss://{host}", "font-src 'self'", "manifest-src 'self'",
+        f"connect-src 'self' ws://{host} wss://{host}", "media-src 'self'", "font-src 'self'", "manifest-src 'self'",
         "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
     ])
 
@@ -93,7 +93,8 @@ def security_headers(request: web.Request) -> dict[str, str]:
         "Content-Security-Policy": content_security_policy(request),
         "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
         "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Resource-Policy": "same-origin",
-        "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+        # The console's own calls and push-to-talk need the microphone (and a call's video the camera).
+        "Permissions-Policy": "camera=(self), microphone=(self), geolocation=()",
     }
 
 
