@@ -79,9 +79,11 @@ class DemoServer:
                 self.proc.wait()
 
 
-def start_demo(db_url: str, data_dir: Path, port: int, *extra: str, timeout: float = 120) -> DemoServer:
+def start_demo(db_url: str, data_dir: Path, port: int, *extra: str, timeout: float = 120,
+               env: dict[str, str] | None = None) -> DemoServer:
+    """``env``: more ICP_* settings for the process (e.g. ICP_MEDIA_HOST_ADDRESSES)."""
     env = icp_env(ICP_DATABASE_URL=db_url, ICP_DATA_DIR=data_dir, ICP_EVENT_POLL_INTERVAL_S="0.3",
-                  ICP_POOL_MIN="1", ICP_POOL_MAX="8")
+                  ICP_POOL_MIN="1", ICP_POOL_MAX="8", **(env or {}))
     proc = subprocess.Popen([*ICP, "demo", "--port", str(port), "--seed", "1", "--password", PASSWORD, *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server = DemoServer(f"http://127.0.0.1:{port}", port, db_url, data_dir, proc)
@@ -137,9 +139,10 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def login(browser: Any, url: str, username: str = "dispatcher") -> Any:
-    """A new browser session (its own cookies), logged in, with the gateway link up."""
-    context = browser.new_context(viewport=VIEWPORT)
+def login(browser: Any, url: str, username: str = "dispatcher", **context_options: Any) -> Any:
+    """A new browser session (its own cookies), logged in, with the gateway link up; ``context_options``
+    go to Playwright's ``new_context`` (e.g. ``permissions=["microphone"]``)."""
+    context = browser.new_context(viewport=VIEWPORT, **context_options)
     page = context.new_page()
     page.set_default_timeout(20_000)
     errors: list[str] = []

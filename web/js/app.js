@@ -5,6 +5,7 @@ import { ApiError, get, patch, post, setUnauthorizedHandler } from "./api.js";
 import { Chat } from "./chat.js";
 import { $, clear, clock, debounce, duration, h, words } from "./dom.js";
 import { Live } from "./live.js";
+import { Media } from "./media.js";
 import { CityMap } from "./map.js";
 
 const UNIT_STATUSES = ["available", "out_of_service", "off_duty", "en_route", "on_scene", "transporting", "at_hospital"];
@@ -29,6 +30,7 @@ const S = {
 let map = null;
 let live = null;
 let chat = null;
+let media = null;
 
 // -- helpers -------------------------------------------------------------------------------------
 
@@ -37,6 +39,7 @@ const unrestricted = () => S.me && (S.me.role === "admin" || (S.me.role === "sup
 const short = (number) => `#${String(number).split("-").pop().replace(/^0+(?=\d)/, "")}`;
 const unitName = (id) => S.units.get(id)?.call_sign || id;
 const agencyName = (id) => S.agencies.get(id)?.name || id;
+const memberName = (key) => (String(key).startsWith("unit:") ? unitName(String(key).slice(5)) : key);
 
 function toast(text, ms = 4000) {
   const el = $("#toast");
@@ -85,6 +88,7 @@ function timers(inc, now = Date.now()) {
 // -- login ---------------------------------------------------------------------------------------
 
 function showLogin(message = "") {
+  media?.hangupAll();
   live?.stop();
   live = null;
   $("#app-view").hidden = true;
@@ -139,6 +143,11 @@ async function start(config) {
   }
   chat = chat || new Chat($("#panel-chat"), { me: () => S.me, onUnread: showUnread, onEmergency: showEmergency,
     toast, unitName, agencyName, incidents: () => S.incidents });
+  if (!media) {
+    media = new Media({ live: () => live, me: () => S.me, toast, unitName, memberName,
+      onTimeline: (incidentId) => { if (S.selected === incidentId) renderIncident(); } });
+    media.wire();
+  }
   await loadReference();
   live = new Live({
     onStatus: connection,
@@ -146,7 +155,10 @@ async function start(config) {
     onEvent: (frame) => onEvent(frame),
     onPositions: (units) => onPositions(units),
     onResync: () => reloadAll(),
-    onFrame: (frame) => chat.onFrame(frame),
+    onFrame: (frame) => {
+      chat.onFrame(frame);
+      media.onFrame(frame);
+    },
   });
   live.start();
 }
@@ -165,6 +177,7 @@ async function welcomed(welcome, resumed) {
     await reloadAll(welcome.seq);
   }
   chat.connected(resumed);
+  media.connected();
 }
 
 async function loadReference() {
@@ -298,6 +311,10 @@ function onEvent(ev) {
   if (ev.type.startsWith("areas.")) get("/api/v1/geo/areas").then((a) => map.setAreas(a)).catch(() => {});
   if (ev.type === "alert.received") addAlert(ev, true);
   if (ev.type.startsWith("message.") || ev.type.startsWith("channel.")) chat.onEvent(ev);
+  // Calls, recordings and cameras of the open incident: its timeline (and camera list) again.
+  if (/^(call|recording|camera)\./.test(ev.type) && d.incident_id && d.incident_id === S.selected) {
+    loadDetailExtras(d.incident_id, false);
+  }
 }
 
 function onPositions(list) {
@@ -457,12 +474,13 @@ function select(id) {
 async function loadDetailExtras(id, withRecommendation) {
   const inc = S.incidents.get(id) || S.detail?.incident;
   const path = `/api/v1/incidents/${encodeURIComponent(id)}`;
-  const [timeline, alerts] = await Promise.all([
+  const [timeline, alerts, cameras] = await Promise.all([
     get(`${path}/timeline`).then((t) => t.events).catch(() => []),
     Promise.all((inc?.alert_ids || []).slice(-20).map((a) => get(`/api/v1/alerts/${encodeURIComponent(a)}`).catch(() => null))),
+    media?.enabled ? get(`${path}/cameras`).then((c) => c.cameras).catch(() => []) : [],
   ]);
   if (S.selected !== id) return;
-  Object.assign(S.detail, { timeline, alerts: alerts.filter(Boolean) });
+  Object.assign(S.detail, { timeline, alerts: alerts.filter(Boolean), cameras });
   if (withRecommendation || !S.detail.rec) await loadRecommendation(id, false);
   renderIncident();
 }
@@ -561,6 +579,7 @@ function renderIncident() {
       h("dt", {}, "Created"), h("dd", {}, `${clock(inc.created_at)} (`, h("span", { dataset: { since: inc.created_at } },
         duration((Date.now() - Date.parse(inc.created_at)) / 1000)), " ago)"),
       h("dt", {}, "Alarm level"), h("dd", {}, inc.alarm_level ?? 1)),
+    open && media ? media.incidentSection(inc, d.cameras) : null,
     open ? recommendationView(d) : null,
     h("h3", {}, "Assignments"),
     assignmentsView(inc),
@@ -583,8 +602,10 @@ function renderIncident() {
       h("button", { type: "button", class: "danger", id: "cancel-incident", onclick: () => incidentCommand("cancel", { reason: $("#end-reason").value }) }, "Cancel"))
       : null,
     h("h3", {}, "Timeline"),
-    h("ol", { class: "list timeline", "aria-label": "Timeline" }, (d.timeline || []).map((ev) => h("li", {},
-      h("time", {}, clock(ev.at)), h("span", { class: "grow" }, describe(ev)), h("span", { class: "muted" }, ev.actor?.name || "")))),
+    h("ol", { class: "list timeline", "aria-label": "Timeline" }, (d.timeline || []).map((ev) => h("li", { dataset: { type: ev.type } },
+      h("time", {}, clock(ev.at)), h("span", { class: "grow" }, describe(ev)), h("span", { class: "muted" }, ev.actor?.name || ""),
+      ev.type === "recording.available" && ev.data?.url && media
+        ? media.player(ev.data.recording_id, ev.data.url, `Play the ${ev.data.kind} recording of ${clock(ev.at)}`) : null))),
   );
   if ($("#note-text")) $("#note-text").value = draft.note;
   if ($("#end-reason")) $("#end-reason").value = draft.reason;
@@ -599,6 +620,11 @@ function describe(ev) {
     case "incident.status_changed": return `status ${d.from_status} → ${d.to_status}`;
     case "incident.note_added": return `note: ${d.text}`;
     case "incident.alert_linked": return `alert ${d.alert_id} linked`;
+    case "call.started": return `call ${memberName(d.caller)} → ${memberName(d.callee)}`;
+    case "call.ended": return `call ${words(d.state)}${d.duration_s ? `, ${duration(d.duration_s)}` : ""}${d.reason && d.reason !== "hangup" ? ` (${d.reason})` : ""}`;
+    case "recording.available": return `${d.kind} recording${d.speaker ? ` of ${memberName(d.speaker)}` : ""}, ${duration(d.duration_s)}`;
+    case "camera.attached": return `camera attached (${d.url ? new URL(d.url, location.href).host || d.url : ""})`;
+    case "camera.detached": return "camera detached";
     case "incident.updated": return `updated${d.priority ? `: P${d.priority}` : ""}${d.incident_type ? ` ${words(d.incident_type)}` : ""}`;
     default: return `${words(ev.type.replace("assignment.", ""))}${unit}${d.reason ? ` (${d.reason})` : ""}`;
   }
@@ -651,6 +677,10 @@ function assignmentsView(inc) {
       a.status === "requested" && mine ? [
         h("button", { type: "button", class: "primary", onclick: () => answerAid(a.id, "accept") }, "Accept"),
         h("button", { type: "button", class: "danger", onclick: () => answerAid(a.id, "decline") }, "Decline")] : null,
+      media?.enabled && LIVE_ASSIGNMENT.has(a.status)
+        ? h("button", { type: "button", class: "call-btn", dataset: { call: a.unit_id }, onclick: () => media.placeCall(`unit:${a.unit_id}`, unitName(a.unit_id), inc.id),
+          "aria-label": `Call ${unitName(a.unit_id)} about this incident` }, "Call")
+        : null,
       ["dispatched", "acknowledged", "en_route"].includes(a.status)
         ? h("button", { type: "button", onclick: () => assignmentCommand(a.id, "cancel"), "aria-label": `Cancel ${unitName(a.unit_id)}` }, "✕")
         : null);
@@ -698,7 +728,7 @@ function renderUnits() {
   const focused = document.activeElement?.id;
   clear(panel, [...byAgency].map(([agencyId, units]) => h("table", { class: "units-table" },
     h("caption", {}, `${agencyName(agencyId)} — ${units.filter((u) => u.status === "available").length}/${units.length} available`),
-    h("thead", {}, h("tr", {}, h("th", {}, "Unit"), h("th", {}, "Can"), h("th", {}, "Status"), h("th", {}, "For"), h("th", {}, "Incident"))),
+    h("thead", {}, h("tr", {}, h("th", {}, "Unit"), h("th", {}, "Can"), h("th", {}, "Status"), h("th", {}, "For"), h("th", {}, "Incident"), media?.enabled ? h("th", {}, "Voice") : null)),
     h("tbody", {}, units.map((u) => h("tr", { dataset: { unit: u.id } },
       h("td", {}, h("button", { type: "button", onclick: () => showUnit(u.id), "aria-label": `Show ${u.call_sign} on the map` }, u.call_sign)),
       h("td", { class: "muted" }, [...u.capabilities].join(" ")),
@@ -708,7 +738,9 @@ function renderUnits() {
         : h("span", { class: `status ${u.status}` }, words(u.status))),
       h("td", {}, S.statusSince.get(u.id) ? h("span", { dataset: { since: S.statusSince.get(u.id) } },
         duration((Date.now() - Date.parse(S.statusSince.get(u.id))) / 1000)) : "—"),
-      h("td", {}, incidentOf(u) ? h("button", { type: "button", onclick: () => select(incidentOf(u)), "aria-label": `Open incident ${incidentOf(u)}` }, short(incidentOf(u))) : "")))))));
+      h("td", {}, incidentOf(u) ? h("button", { type: "button", onclick: () => select(incidentOf(u)), "aria-label": `Open incident ${incidentOf(u)}` }, short(incidentOf(u))) : ""),
+      media?.enabled ? h("td", {}, h("button", { type: "button", class: "call-btn", dataset: { call: u.id },
+        onclick: () => media.placeCall(`unit:${u.id}`, u.call_sign), "aria-label": `Call ${u.call_sign}` }, "Call")) : null))))));
   if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
 }
 
@@ -897,7 +929,7 @@ function wire() {
 
 async function boot() {
   // A handle for people debugging in the browser's console, and for the browser tests.
-  window.icp = { get map() { return map; }, state: S };
+  window.icp = { get map() { return map; }, get media() { return media; }, state: S };
   wire();
   try {
     await start(await get("/api/v1/console/config", { quiet401: true }));
