@@ -49,7 +49,7 @@ from icp.media.rooms import (
     Talkgroup,
 )
 from icp.messaging import MESSAGING
-from icp.messaging.channels import can_read, member_key
+from icp.messaging.channels import can_read, incident_channel_id, member_key
 from icp.messaging.hub import dumps
 from icp.messaging.service import MessagingService
 from icp.store.eventlog import NewEvent
@@ -274,7 +274,7 @@ class MediaService:
             if call.state is not CallState.CONNECTED:
                 raise conflict(f"call {rest} is {call.state.value}; it can be joined once accepted")
             return
-        channel = f"incident:{rest}" if kind == "conference" else room_id
+        channel = incident_channel_id(rest) if kind == "conference" else room_id
         await self.messaging.channel_for(link.who, channel)
 
     async def _node_url(self, room_id: str) -> str:
@@ -407,7 +407,7 @@ class MediaService:
             raise not_found(f"member {to}")
         agencies = {a for a in (member.agency, peer.agency) if a}
         if incident_id is not None:
-            channel, known = await messaging.load(self.pool, f"incident:{incident_id}")
+            channel, known = await messaging.load(self.pool, incident_channel_id(incident_id))
             messaging.require(channel, known, link.who, member)
             agencies |= set(channel.agencies)
         subs = messaging.hub.by_member.get(to)
