@@ -429,7 +429,15 @@ export class Media {
     const conf = this.conference;
     if (!conf) return;
     try {
-      const view = await this.request("rtc.video", { room: conf.room, source: source || "" });
+      let view;
+      try {
+        view = await this.request("rtc.video", { room: conf.room, source: source || "" });
+      } catch (err) {
+        // docs/protocol.md names a camera `camera:<id>`; a server that knows its cameras by bare id
+        // answers not_found to that, so ask once more with the id alone.
+        if (err.code !== "not_found" || !source?.startsWith("camera:")) throw err;
+        view = await this.request("rtc.video", { room: conf.room, source: source.slice(7) });
+      }
       this.roomChanged({ room: conf.room, ...view });
     } catch (err) {
       this.hooks.toast(`Could not switch the video: ${callError(err)}`);
@@ -476,7 +484,7 @@ export class Media {
         `In the conference: ${conf.participants.map((p) => p.name || p.member).join(", ")}`) : null,
       list.length ? h("ul", { class: "list", id: "cameras", "aria-label": "Camera feeds" }, list.map((c) => h("li", { dataset: { camera: c.id } },
         h("span", { class: "grow" }, `Camera ${c.host || c.id}`),
-        conf?.video === `camera:${c.id}` ? h("span", { class: "status en_route" }, "showing") : null,
+        conf && [`camera:${c.id}`, c.id].includes(conf.video) ? h("span", { class: "status en_route" }, "showing") : null,
         h("button", { type: "button", disabled: !this.usable, "aria-label": `Show camera ${c.host || c.id}`,
           onclick: async () => {
             if (!conf) await this.joinConference(inc.id, { listen: true });
