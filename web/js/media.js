@@ -120,7 +120,12 @@ export class Media {
     $("#media-sinks").append(peer.sink);
     pc.ontrack = (event) => {
       peer.remote.addTrack(event.track);
-      if (event.track.kind === "video") this.showVideo(room, peer.remote);
+      if (event.track.kind === "video") { // shown while frames come (a muted track is one nobody sends)
+        const track = event.track;
+        track.onunmute = () => this.showVideo(room, peer.remote);
+        track.onmute = () => this.hideVideo(room);
+        if (!track.muted) this.showVideo(room, peer.remote);
+      }
       peer.sink.play?.().catch(() => {});
     };
     pc.onicecandidate = (event) => {
@@ -180,6 +185,11 @@ export class Media {
     target.srcObject = stream;
     target.hidden = false;
     target.play?.().catch(() => {});
+  }
+
+  hideVideo(room) {
+    const target = this.call?.room === room ? $("#call-remote-video") : null;
+    if (target) target.hidden = true;
   }
 
   // For people debugging and for the browser tests: what a room's connection has received and sent.
