@@ -134,7 +134,8 @@ def media_login(browser: Any, server: DemoServer, username: str = "fire") -> Any
 
 
 def browser_stats(page: Any, room: str) -> dict[str, Any]:
-    return page.evaluate("(room) => window.icp.media.stats(room)", room)
+    stats: dict[str, Any] = page.evaluate("(room) => window.icp.media.stats(room)", room)
+    return stats
 
 
 def wait_stats(page: Any, room: str, check: Any, timeout: float = 15) -> dict[str, Any]:
@@ -384,6 +385,14 @@ def test_push_to_talk_space_queue_pre_emption_and_emergency(demo: DemoServer, br
         assert page.get_attribute("#ptt-btn", "data-floor") == "granted"
         page.click("#ptt-btn")  # pressing Talk again ends it
         page.wait_for_selector("#ptt-btn[data-floor=idle]")
+        page.wait_for_selector("#ptt-speaker[data-member='unit:E13']")  # pre-empted, it was first in line
+        sdk.run(e13.release_floor(TALKGROUP))
+        page.wait_for_selector("#ptt-speaker:has-text('channel clear')")
+        # A tap shorter than the server's answer still gives the floor back: a unit gets it next.
+        page.keyboard.press("Space")
+        page.wait_for_selector("#ptt-btn[data-floor=idle]")
+        page.wait_for_timeout(300)
+        assert sdk.run(e13.request_floor(TALKGROUP))["outcome"] == "granted"
         assert not page.errors, page.errors
     finally:
         page.context.close()

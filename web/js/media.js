@@ -556,10 +556,16 @@ export class Media {
     this.render();
     try {
       const answer = await this.request("ptt.request", { talkgroup: t.id, ...(emergency ? { emergency: true } : {}) });
+      if (this.talk !== t) return; // left the talkgroup meanwhile
+      if (!t.pressed && answer.outcome !== "denied") {
+        // Let go before the answer came: give the floor (or the place in line) back at once.
+        t.floor = answer.outcome;
+        await this.release();
+        return;
+      }
       this.floor({ op: `ptt.${answer.outcome}`, talkgroup: t.id, ...answer, emergency });
-      // Let go before the answer came: give the floor (or the place in line) back at once.
-      if (!t.pressed && answer.outcome !== "denied") this.release();
     } catch (err) {
+      if (this.talk !== t) return;
       t.floor = "idle";
       t.pressed = false;
       this.hooks.toast(`Push-to-talk: ${callError(err)}`);
@@ -630,9 +636,10 @@ export class Media {
   }
 
   keyup(event) {
-    if (event.code !== "Space" || !this.talk.pressed || this.talk.emergency) return;
-    event.preventDefault();
-    this.release();
+    if (event.code !== "Space" || !this.talk.joined || isTextField(event.target)
+      || event.target?.matches?.("input[type=checkbox], input[type=radio]")) return;
+    event.preventDefault(); // Space talks here: it does not also press the focused button
+    if (this.talk.pressed && !this.talk.emergency) this.release();
   }
 
   confirmEmergency() {
