@@ -688,7 +688,8 @@ export class Media {
     if (!this.webrtc) this.note(why);
     else if (!this.micProblem) this.note("");
     const select = $("#tg-select");
-    const current = this.talk.id || select.value;
+    const mine = this.hooks.me()?.agency ? `agency:${this.hooks.me().agency}` : null;
+    const current = this.talk.id || select.value || mine;
     if (select.options.length !== this.channels.length || [...select.options].some((o, n) => o.value !== this.channels[n]?.id)) {
       clear(select, this.channels.map((c) => h("option", { value: c.id }, c.name || c.id)));
     }
