@@ -258,17 +258,21 @@ class Worker:
                 "seconds": round(time.perf_counter() - started, 3)}
 
     async def positions(self, start: float, warmup: float, seconds: float, interval: float,
-                        max_outstanding: int, seed: int) -> dict[str, Any]:
+                        max_outstanding: int, seed: int,
+                        box: tuple[float, float, float, float] = (60.10, 24.80, 0.1, 0.2)) -> dict[str, Any]:
         """Every unit reports every ``interval`` s (its ``time`` never closer than ``interval`` to its
-        previous one), moving ~8 m a report (16 m/s); answers are counted when they arrive inside
-        [start + warmup, start + warmup + seconds). A unit with ``max_outstanding`` reports still
-        unanswered skips its turn, so an overloaded server is not buried under an ever-growing backlog."""
+        previous one), moving ~8 m a report (16 m/s) inside ``box`` (south, west, height, width in
+        degrees; leaving it at the north-east, a unit comes back in at the south-west); answers are
+        counted when they arrive inside [start + warmup, start + warmup + seconds). A unit with
+        ``max_outstanding`` reports still unanswered skips its turn, so an overloaded server is not
+        buried under an ever-growing backlog."""
         units = sorted((c for c in self.conns if c.unit), key=lambda c: c.unit or "")
         slots = 20
         groups = [units[i::slots] for i in range(slots)]
-        for i, conn in enumerate(units):  # spread over a city-sized box, each heading north-east
-            conn.lat = 60.10 + ((seed * 7919 + i * 104729) % 10000) / 100000
-            conn.lon = 24.80 + ((seed * 15485863 + i * 32452843) % 10000) / 50000
+        south, west, height, width = box
+        for i, conn in enumerate(units):  # spread over the box, each heading north-east
+            conn.lat = south + ((seed * 7919 + i * 104729) % 10000) / 10000 * height
+            conn.lon = west + ((seed * 15485863 + i * 32452843) % 10000) / 10000 * width
             conn.last_t = 0.0
         self.window = (start + warmup, start + warmup + seconds)
         self.accepted = self.refused = self.answers = self.in_flight = 0
@@ -292,8 +296,8 @@ class Worker:
                     continue
                 t = max(now, conn.last_t + interval) if conn.last_t else now
                 conn.last_t = t
-                conn.lat += 0.00006
-                conn.lon += 0.00008
+                conn.lat = south + (conn.lat + 0.00006 - south) % height
+                conn.lon = west + (conn.lon + 0.00008 - west) % width
                 conn.seq += 1
                 stamp = datetime.fromtimestamp(t, UTC).isoformat()
                 conn.send(b'{"op":"position","id":%d,"lat":%.6f,"lon":%.6f,"accuracy":5,"heading":42.0,'
@@ -349,8 +353,10 @@ class Worker:
             return await self.connect(cmd["tokens"], cmd.get("units"), cmd.get("subscribe"),
                                       int(cmd.get("concurrency", 32)), float(cmd.get("timeout", 30)))
         if name == "positions":
+            box = tuple(cmd["box"]) if cmd.get("box") else (60.10, 24.80, 0.1, 0.2)
             return await self.positions(cmd["start"], cmd["warmup"], cmd["seconds"], cmd.get("interval", 0.5),
-                                        int(cmd.get("max_outstanding", 2)), int(cmd.get("seed", 0)))
+                                        int(cmd.get("max_outstanding", 2)), int(cmd.get("seed", 0)),
+                                        box)  # type: ignore[arg-type]
         if name == "record":
             self.recording, self.records = bool(cmd["on"]), []
             return {"recording": self.recording}

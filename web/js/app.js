@@ -7,6 +7,7 @@ import { $, clear, clock, debounce, duration, h, words } from "./dom.js";
 import { Live } from "./live.js";
 import { Media } from "./media.js";
 import { CityMap } from "./map.js";
+import { positionsApplied } from "./perf.js";
 
 const UNIT_STATUSES = ["available", "out_of_service", "off_duty", "en_route", "on_scene", "transporting", "at_hospital"];
 const LIVE_ASSIGNMENT = new Set(["requested", "dispatched", "acknowledged", "en_route", "on_scene"]);
@@ -318,6 +319,7 @@ function onEvent(ev) {
 }
 
 function onPositions(list) {
+  const started = performance.now();
   for (const p of list) {
     const u = S.units.get(p.unit);
     if (!u) continue;
@@ -325,6 +327,7 @@ function onPositions(list) {
     u.position_at = p.time;
     map.updateUnit(mapUnit(u));
   }
+  positionsApplied(performance.now() - started);
 }
 
 function addAlert(ev, live) {

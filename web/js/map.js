@@ -3,6 +3,8 @@
 // drag to pan, wheel or +/- to zoom, arrow keys to pan. An optional raster tile URL is drawn
 // underneath (configuration: console_tile_url); nothing is fetched from elsewhere otherwise.
 
+import { drawn } from "./perf.js";
+
 const TILE = 256;
 export const PRIORITY_COLOURS = { 1: "#d32f2f", 2: "#ef6c00", 3: "#f9a825", 4: "#1565c0", 5: "#607d8b" };
 export const STATUS_COLOURS = {
@@ -51,7 +53,11 @@ export class CityMap {
     this.resize();
     const frame = (now) => {
       this.now = now;
-      if (this.dirty || this.animating(now)) this.draw(now);
+      if (this.dirty || this.animating(now)) {
+        const started = performance.now();
+        this.draw(now);
+        drawn(performance.now() - started);
+      }
       requestAnimationFrame(frame);
     };
     requestAnimationFrame(frame);
