@@ -20,7 +20,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from aiortc.contrib.media import MediaPlayer
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.frame import Frame
+from av.packet import Packet
 
 from icp.errors import FieldError, validation
 from icp.webhooks.ssrf import AllowList, BlockedDestination, check_url, resolve_and_check
@@ -48,6 +50,47 @@ class Camera:
 
     def stop(self) -> None:
         self.track.stop()
+
+
+class LoopedFile(MediaStreamTrack):
+    """A video file shown over and over at its own pace.
+
+    aiortc's ``MediaPlayer(loop=True)`` paces only its first pass: its clock is not reset when the
+    file starts again, so every later pass floods frames as fast as they decode (hundreds a
+    second). Here each pass is a fresh player, paced from its own start; timestamps carry on from
+    the previous pass so the receivers' decoders see one continuous stream."""
+
+    kind = "video"
+
+    def __init__(self, path: str, first: MediaPlayer) -> None:
+        super().__init__()
+        self._path, self._player = path, first
+        self._offset = self._last = 0
+        self._step = 1
+
+    async def recv(self) -> Frame | Packet[Any]:
+        while True:
+            source = self._player.video
+            assert source is not None
+            try:
+                frame = await source.recv()
+            except MediaStreamError:
+                if self.readyState != "live":
+                    raise
+                self._offset = self._last + self._step  # the next pass starts just after this one
+                self._player = await asyncio.get_running_loop().run_in_executor(None, MediaPlayer, self._path)
+                continue
+            if frame.pts is not None:
+                pts = frame.pts + self._offset
+                if pts > self._last:
+                    self._step = pts - self._last
+                frame.pts = self._last = pts
+            return frame
+
+    def stop(self) -> None:
+        super().stop()
+        if self._player.video is not None:
+            self._player.video.stop()
 
 
 def _invalid(message: str) -> Exception:
@@ -108,7 +151,7 @@ async def open_camera(incident_id: str, url: Any, allow: AllowList, files: Path 
     def start() -> MediaPlayer:
         # Opening a stream is blocking network (or file) I/O: never on the loop.
         if target.startswith("/"):
-            return MediaPlayer(target, loop=True)
+            return MediaPlayer(target)  # played again and again by LoopedFile
         return MediaPlayer(target, options=options)
 
     try:
@@ -119,4 +162,5 @@ async def open_camera(incident_id: str, url: Any, allow: AllowList, files: Path 
         raise _invalid(f"the camera could not be opened: {type(exc).__name__}") from None
     if player.video is None:
         raise _invalid("the camera URL has no video stream")
-    return Camera("k" + secrets.token_hex(6), incident_id, shown, host, player, player.video, added_by=added_by)
+    track: MediaStreamTrack = LoopedFile(target, player) if target.startswith("/") else player.video
+    return Camera("k" + secrets.token_hex(6), incident_id, shown, host, player, track, added_by=added_by)
