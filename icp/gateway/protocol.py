@@ -639,7 +639,8 @@ OPS: Mapping[str, OpSpec] = MappingProxyType({spec.name: spec for spec in (
     OpSpec("rtc.hangup", Audience.ANY, Record((_ROOM,)),
            "leave a room; hangs up a call (or withdraws one still ringing)"),
     OpSpec("rtc.video", Audience.ANY, Record((_ROOM, Field("source", Text(200, blank=True)))),
-           "choose the video a conference shows: a participant's member key or `camera:<id>`; empty: none "
+           "choose the video a conference shows: a participant's member key or `camera:<id>` (the bare id from "
+           "`rtc.room`'s `cameras` is taken too); empty: none "
            "(dispatchers)"),
     OpSpec("ptt.request", Audience.ANY, Record((_TALKGROUP, Field("emergency", Flag(), required=False))),
            "ask for a talkgroup's floor: answered with `outcome` granted, queued or denied (and the matching "

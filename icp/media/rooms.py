@@ -60,6 +60,7 @@ INBOX = 5  # decoded frames held per participant for the mixer (100 ms); older o
 TALK_QUEUE = 50  # the floor holder's frames waiting to be encoded (1 s)
 FLOOR_TICK_S = 0.25
 PC_CLOSE_S = 5.0
+CAMERA_PREFIX = "camera:"  # rtc.video names a camera camera:<id> (the bare id is taken too)
 MAX_AUDIO_LEVEL = 32767
 
 
@@ -641,7 +642,7 @@ class MixingRoom(Room):
         self.recorder: OggRecorder | None = None
         self.record_encoder: OpusEncoder | None = None
         self.started_at: datetime | None = None
-        self.video_choice: str | None = None  # a member key, or camera:<id>
+        self.video_choice: str | None = None  # a member key, or a camera id
         self.cameras: dict[str, MediaStreamTrack] = {}
         self.ticks = 0
         self.lag_s = 0.0  # the worst a tick started late
@@ -699,6 +700,8 @@ class MixingRoom(Room):
 
     # -- video ---------------------------------------------------------------------------------------------
     def choose_video(self, source: str | None) -> None:
+        if source is not None and source.startswith(CAMERA_PREFIX):  # the documented spelling of a camera
+            source = source.removeprefix(CAMERA_PREFIX)
         if source is not None and source not in self.participants and source not in self.cameras:
             raise KeyError(source)
         self.video_choice = source

@@ -192,6 +192,12 @@ class MediaService:
             raise Problem(501, "unsupported", "media needs messaging, which this node does not run")
         return service
 
+    def display_name(self, who: Principal) -> str:
+        """How others see a principal in calls and on the floor: people know a unit by its call
+        sign, not by the name of its terminal's token."""
+        unit = self.messaging.live.state.units.get(who.unit) if who.unit else None
+        return unit.call_sign if unit is not None else who.name
+
     def ice_json(self) -> list[dict[str, Any]]:
         return servers_json(self.ice)
 
@@ -297,7 +303,8 @@ class MediaService:
             return room, existing
         rank = Rank.DISPATCHER if who.has(Role.DISPATCHER) else Rank.MEMBER
         try:
-            participant = room.admit(Participant(link.member, who.name, who.role.value, rank, link.send, link))
+            participant = room.admit(Participant(link.member, self.display_name(who), who.role.value, rank,
+                                                 link.send, link))
         except RoomFull:
             raise Problem(409, "room_full", f"{room_id} has {self.settings.media_max_participants} participants, "
                                             "as many as it may") from None
@@ -413,7 +420,7 @@ class MediaService:
         subs = messaging.hub.by_member.get(to)
         if not subs:
             raise Problem(503, "callee_unavailable", f"{to} has no connection on this node")
-        call = Call(secrets.token_hex(8), member.key, {"member": member.key, "name": link.who.name,
+        call = Call(secrets.token_hex(8), member.key, {"member": member.key, "name": self.display_name(link.who),
                                                        "role": link.who.role.value,
                                                        **({"agency": member.agency} if member.agency else {}),
                                                        **({"unit": member.unit} if member.unit else {})},
