@@ -28,6 +28,19 @@ from tests.conftest import _create_database, _drop_database, _public_tmpdir
 from tests.process import ICP, free_port, icp_env
 
 CHROMIUM = os.environ.get("ICP_CHROMIUM", "/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def screenshot_dir() -> Path:
+    """Where the browser tests save their screenshots: docs/screenshots when asked to refresh the
+    README's (ICP_UPDATE_SCREENSHOTS=1), else the run's artifacts (ICP_TEST_ARTIFACTS, default
+    ./artifacts/screenshots, ignored by git) for a person or CI to look at afterwards."""
+    if os.environ.get("ICP_UPDATE_SCREENSHOTS"):
+        target = ROOT / "docs" / "screenshots"
+    else:
+        target = Path(os.environ.get("ICP_TEST_ARTIFACTS", ROOT / "artifacts")) / "screenshots"
+    target.mkdir(parents=True, exist_ok=True)
+    return target
 PASSWORD = "console-test-pass"
 VIEWPORT = {"width": 1366, "height": 768}
 

@@ -4,18 +4,15 @@ acknowledgement, mutual aid, chat between two sessions, 1366×768 layout and scr
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.web.conftest import PASSWORD, VIEWPORT, DemoServer, login
+from tests.web.conftest import PASSWORD, VIEWPORT, DemoServer, login, screenshot_dir
 
 pytestmark = pytest.mark.slow
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 def post(server: DemoServer, path: str, token: str, body: Any) -> Any:
@@ -148,7 +145,7 @@ def test_keyboard_new_incident_with_geocoding_suggestions(demo: DemoServer, brow
     page.context.close()
 
 
-def test_the_layout_fits_1366_by_768_and_screenshots(demo: DemoServer, browser: Any, tmp_path: Path) -> None:
+def test_the_layout_fits_1366_by_768_and_screenshots(demo: DemoServer, browser: Any) -> None:
     for n in range(3):
         collision(demo, f"cam-2/{n}", lat=60.1665 + n * 0.002, lon=24.9400 + n * 0.003)
     page = login(browser, demo.url)
@@ -162,8 +159,7 @@ def test_the_layout_fits_1366_by_768_and_screenshots(demo: DemoServer, browser: 
     assert labels == [], labels  # every visible control has an accessible name
     page.click("#queue .qitem")
     page.wait_for_selector("#rec-picks")
-    target = SCREENSHOTS if os.environ.get("ICP_UPDATE_SCREENSHOTS") else tmp_path
-    target.mkdir(parents=True, exist_ok=True)
+    target = screenshot_dir()
     page.screenshot(path=str(target / "console-incident.png"))
     page.click("#tab-units")
     page.screenshot(path=str(target / "console-units.png"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import time
 import urllib.request
@@ -22,10 +21,9 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.process import free_port
-from tests.web.conftest import CHROMIUM, DemoServer, _need_browser, login, start_demo
+from tests.web.conftest import CHROMIUM, DemoServer, _need_browser, login, screenshot_dir, start_demo
 
 pytestmark = pytest.mark.slow
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 T = TypeVar("T")
 TALKGROUP = "agency:hki-fire"
 MEDIA_ARGS = ["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
@@ -222,7 +220,7 @@ def test_a_call_from_the_incident_connects_both_ways_and_its_recording_plays(
 
 
 def test_a_unit_calls_the_dispatcher_who_answers_from_the_keyboard_and_turns_video_on(
-        demo: DemoServer, browser: Any, sdk: Sdk, tmp_path: Path) -> None:
+        demo: DemoServer, browser: Any, sdk: Sdk) -> None:
     from icp.client.media import ToneTrack
 
     e21 = connect_unit(demo, sdk, "E21")
@@ -247,8 +245,7 @@ def test_a_unit_calls_the_dispatcher_who_answers_from_the_keyboard_and_turns_vid
         page.wait_for_selector("#call-video[aria-pressed=true]")
         page.wait_for_selector("#call-local-video", state="visible")
         sdk.run(unit_peer.wait_frames(5, 15, video=True))
-        target = SCREENSHOTS if os.environ.get("ICP_UPDATE_SCREENSHOTS") else tmp_path
-        target.mkdir(parents=True, exist_ok=True)
+        target = screenshot_dir()
         page.screenshot(path=str(target / "console-call.png"))
         sdk.run(e21.hangup(call["room"]))
         page.wait_for_selector("#toast:has-text('E21 hung up')")
