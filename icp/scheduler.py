@@ -10,7 +10,6 @@ done (the unit acknowledged in the meantime) is simply dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +22,7 @@ from icp.auth.principal import SYSTEM
 from icp.dispatch_service import DispatchService
 from icp.intake.service import AUTO_DISPATCH
 from icp.store.feed import EventFeed
+from icp.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 20
@@ -47,10 +47,7 @@ class TimerScheduler:
         self._task = asyncio.create_task(self._loop(), name="icp-timers")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_all([self._task])
 
     async def _loop(self) -> None:
         while True:

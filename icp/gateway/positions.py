@@ -34,6 +34,7 @@ from dispatch.lifecycle import UnitStatus
 from geo.coords import Point, haversine_m
 from icp.live import LivePicture
 from icp.store.eventlog import NewEvent
+from icp.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[list[dict[str, Any]]], None]
@@ -139,10 +140,7 @@ class PositionHub:
         self._task = asyncio.create_task(self._loop(), name="icp-positions")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_all([self._task])
         with contextlib.suppress(Exception):
             await self.flush()  # nothing accepted is dropped on a clean stop
 

@@ -50,6 +50,7 @@ from icp.media.tracks import (
     mix_recordings,
     mono,
 )
+from icp.tasks import cancel_all
 
 if TYPE_CHECKING:
     from icp.media.tracks import AudioPacket
@@ -571,11 +572,8 @@ class MixerClock:
                 await asyncio.shield(batch)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_all([self._task])
+        self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

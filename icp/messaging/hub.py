@@ -15,7 +15,6 @@ message is sent once per connection, in seq order per channel.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -39,6 +38,7 @@ from icp.messaging.channels import (
     parse_channel_id,
 )
 from icp.store.eventlog import RecordedEvent, format_at
+from icp.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -291,11 +291,8 @@ class MessageHub:
             self._task = asyncio.create_task(self._send_receipts(), name="icp-message-receipts")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_all([self._task])
+        self._task = None
 
     async def _send_receipts(self) -> None:
         while True:

@@ -26,6 +26,7 @@ import asyncpg
 
 from icp.messaging import store
 from icp.store.feed import listen
+from icp.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,7 @@ class ReceiptBook:
                        asyncio.create_task(self._listen(), name="icp-receipts-listen")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         with contextlib.suppress(Exception):
             await self.flush()  # what clients confirmed before the node stopped

@@ -18,6 +18,7 @@ import asyncpg
 from icp.store import eventlog
 from icp.store.database import connect
 from icp.store.eventlog import RecordedEvent
+from icp.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[list[RecordedEvent]], None]
@@ -76,11 +77,7 @@ class EventFeed:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
 
     def poke(self) -> None:
