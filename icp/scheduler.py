@@ -27,6 +27,7 @@ from icp.tasks import cancel_all
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 20
 MAX_ATTEMPTS = 10
+MAX_WAITS = 240  # sweeps a timer may wait for the live picture (a minute at the default interval)
 
 
 class RetryLater(Exception):
@@ -78,14 +79,19 @@ class TimerScheduler:
                     await conn.execute("DELETE FROM timers WHERE id = $1", row["id"])
                 except (RetryLater, DomainError, asyncpg.PostgresError) as exc:
                     attempts = row["attempts"] + 1
-                    if not isinstance(exc, RetryLater):
+                    waiting = isinstance(exc, RetryLater)
+                    if not waiting:
                         log.warning("timer %s %s failed (attempt %d): %s", row["kind"], row["ref"], attempts, exc)
-                    if attempts >= MAX_ATTEMPTS:
+                    if attempts >= (MAX_WAITS if waiting else MAX_ATTEMPTS):
                         await conn.execute("DELETE FROM timers WHERE id = $1", row["id"])
                     else:
+                        # Waiting for this node's picture to catch up is not a failure: look again
+                        # at the next sweep (a backoff here left a loaded node's auto-dispatch
+                        # seconds late); failures back off.
+                        delay = self._interval if waiting else min(60.0, 0.2 * 2**attempts)
                         await conn.execute(
                             "UPDATE timers SET attempts = $2, due_at = $3 WHERE id = $1",
-                            row["id"], attempts, now + timedelta(seconds=min(60.0, 0.2 * 2**attempts)),
+                            row["id"], attempts, now + timedelta(seconds=delay),
                         )
         self.fired += len(rows)
         if last_seq:
