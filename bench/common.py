@@ -162,12 +162,37 @@ class Server:
         return total
 
     def cpu_s(self) -> float:
-        total = 0.0
+        return sum(self.cpu_times())
+
+    def cpu_times(self) -> tuple[float, float]:
+        """The node's user and system (kernel) CPU seconds so far."""
+        user = system = 0.0
         for pid in self._node_pids():
             with contextlib.suppress(OSError):
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-        return total
+                user += int(fields[11]) / CLK_TCK
+                system += int(fields[12]) / CLK_TCK
+        return user, system
+
+    @contextlib.contextmanager
+    def profiled(self, path: str | None) -> Any:
+        """Record the node's processes with py-spy while the block runs (``path``: raw collapsed
+        stacks, one file per process, ``path.<pid>`` when there are several; None: no profile)."""
+        if not path:
+            yield
+            return
+        pids = self._node_pids()
+        pids = pids[1:] if len(pids) > 1 else pids  # with workers the supervisor only waits
+        spies = [subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                                   "--output", path if len(pids) == 1 else f"{path}.{pid}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
+        try:
+            yield
+        finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+            for spy in spies:
+                spy.wait(60)
 
     def max_open_files(self) -> str:
         for line in Path(f"/proc/{self.pid}/limits").read_text().splitlines():

@@ -295,7 +295,8 @@ class Bench:
         try:
             await asyncio.sleep(max(0.0, start + args.warmup - time.time()))
             meter = CpuMeter(self.server)
-            await asyncio.sleep(max(0.0, start + args.warmup + args.seconds - time.time()))
+            with self.server.profiled(args.profile):
+                await asyncio.sleep(max(0.0, start + args.warmup + args.seconds - time.time()))
             out["cpu_in_window"] = meter.read()
             out["rss_kib_in_window"] = self.server.rss_kib()
         finally:
@@ -477,6 +478,7 @@ def main() -> None:
     parser.add_argument("--dispatch-units", type=int, default=4, help="(d) units connected")
     parser.add_argument("--console-tokens", type=int, default=100, help="dispatcher tokens the subscribers share")
     parser.add_argument("--workers", type=int, default=4, help="generator processes")
+    parser.add_argument("--profile", metavar="FILE", help="(b) py-spy the server in the window")
     parser.add_argument("--rest-concurrency", type=int, default=32, help="parallel REST calls while seeding")
     args = parser.parse_args()
     args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
