@@ -95,9 +95,12 @@ async def _event_feed(app: web.Application) -> AsyncIterator[None]:
     feed = EventFeed(app[appkeys.DB_URL], app[appkeys.POOL], poll_interval_s=settings.event_poll_interval_s)
     await feed.start()
     app[appkeys.FEED] = feed
+    committer = app[appkeys.COMMITTER]
+    committer.on_recorded = feed.offer
     try:
         yield
     finally:
+        committer.on_recorded = None
         await feed.stop()
 
 

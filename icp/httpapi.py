@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from icp import jsontext
 from icp.errors import Problem, bad_request
 
 H = TypeVar("H", bound=Callable[..., Any])
@@ -60,7 +61,7 @@ async def read_json_object(request: web.Request, *, max_bytes: int | None = None
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
-        text=json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+        text=jsontext.compact(data),
         status=status, content_type="application/json", headers=headers,
     )
 

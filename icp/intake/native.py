@@ -14,7 +14,6 @@ sender controls its format, so a mistake is refused rather than recorded.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 from shapely.geometry import Point as ShapelyPoint
 
 from dispatch.alert_rules import AlertKind, Certainty, Severity, Urgency, normalise
+from icp import jsontext
 from icp.intake.report import (
     DEFAULT_CONFIG,
     AlertReport,
@@ -194,7 +194,7 @@ def _data(value: object, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise IntakeError("invalid_alert", "must be a JSON object", where)
     try:
-        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        size = len(jsontext.compact(value).encode("utf-8"))
     except (TypeError, ValueError):  # only from Python callers; a decoded body always encodes
         raise IntakeError("invalid_alert", "must hold only JSON values", where) from None
     if size > MAX_DATA_BYTES:

@@ -16,7 +16,6 @@ Reading is two steps so the server can look ids up asynchronously in between:
 from __future__ import annotations
 
 import hashlib
-import json
 import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +27,7 @@ from shapely.geometry import Point as ShapelyPoint
 from shapely.geometry.base import BaseGeometry
 
 from dispatch.alert_rules import AlertKind, Certainty, Severity, Urgency
+from icp import jsontext
 from icp.intake.registry import EMPTY_REGISTRY, SensorRecord, SensorRegistry
 from icp.intake.report import (
     DEFAULT_CONFIG,
@@ -231,7 +231,7 @@ def read_observation(body: bytes | bytearray | memoryview | str | Mapping[str, A
         thing=thing,
         feature_id=foi_id,
         feature=foi,
-        canonical=json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+        canonical=jsontext.canonical(obj),
     )
 
 

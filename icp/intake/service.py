@@ -16,7 +16,6 @@ database (within the batch's transaction), so alerts of one batch see each other
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -37,6 +36,7 @@ from dispatch.lifecycle import INCIDENT, OPEN_INCIDENT, IncidentStatus
 from dispatch.state import DispatchState
 from geo.coords import Point
 from icp import dispatch_store as store
+from icp import jsontext
 from icp.auth.principal import Principal
 from icp.dispatch_service import EVERYONE, DispatchService
 from icp.intake.report import AlertReport, MsgType
@@ -85,7 +85,7 @@ class _Submission:
 
 def report_json(report: AlertReport) -> str:
     """The stored form of a report: compact JSON text (also the raw payload of a batch item)."""
-    return json.dumps(report.to_json(), separators=(",", ":"), ensure_ascii=False)
+    return jsontext.compact(report.to_json())
 
 
 class IntakeService:

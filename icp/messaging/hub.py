@@ -15,13 +15,13 @@ message is sent once per connection, in seq order per channel.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import Counter
 
+from icp import jsontext
 from icp.auth.principal import Principal, Role
 from icp.gateway.protocol import message_frame, receipts_frame
 from icp.live import LivePicture
@@ -50,7 +50,7 @@ MAX_HELD = 10_000  # live messages held for one connection while it catches up
 
 
 def dumps(frame: Mapping[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    return jsontext.compact(frame)
 
 
 class Subscriber:

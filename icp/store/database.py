@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from icp import jsontext
 from icp.config import Settings
 from icp.store.embedded import EmbeddedCluster
 
@@ -33,7 +34,7 @@ def _encode_json(value: Any) -> str:
     # Pre-encoded JSON text passes through untouched (the event log encodes canonically itself).
     if isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return jsontext.compact(value)
 
 
 def _encode_jsonb(value: Any) -> bytes:

@@ -27,6 +27,8 @@ from typing import Any
 
 import asyncpg
 
+from icp import jsontext
+
 EVENTS_CHANNEL = "icp_events"
 APPEND_LOCK_KEY = 0x1C9_0002
 GENESIS_HASH = bytes(32)
@@ -66,9 +68,11 @@ def _normalise(value: Any) -> Any:
 
 def canonical_json(value: Any) -> str:
     """The canonical JSON text of a value (see the module docstring)."""
-    text = json.dumps(
-        _normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _canonical(_normalise(value))
+
+
+def _canonical(normalised: Any) -> str:
+    text = jsontext.canonical(normalised)
     if "\\u0000" in text:
         raise EventError("event data must not contain NUL characters")
     return text
@@ -133,26 +137,38 @@ class NewEvent:
 
 @dataclass(frozen=True, slots=True)
 class _Encoded:
+    """An event ready to append: its canonical texts, and its actor and data in the form a read of
+    the stored row gives back (JSON values: lists, integral floats as ints), so the node that
+    wrote it can hand it on without reading it back (`EventFeed.offer`)."""
+
     event: NewEvent
     actor_json: str
     data_json: str
+    actor: Mapping[str, Any]
+    data: Mapping[str, Any]
+
+
+def _encoded_actor(actor: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
+    normalised = _normalise(actor)
+    return _canonical(normalised), normalised
 
 
 @functools.lru_cache(maxsize=1024)
-def _actor_json(items: tuple[tuple[str, Any], ...]) -> str:
-    return canonical_json(dict(items))
+def _cached_actor(items: tuple[tuple[str, Any], ...]) -> tuple[str, Mapping[str, Any]]:
+    return _encoded_actor(dict(items))
 
 
 def encode(event: NewEvent) -> _Encoded:
     """Validate and encode an event before any transaction starts (so bad input fails alone)."""
-    data_json = canonical_json(event.data)
+    data = _normalise(event.data)
+    data_json = _canonical(data)
     if len(data_json) > MAX_EVENT_BYTES:
         raise EventError(f"event data is larger than {MAX_EVENT_BYTES} bytes")
     try:  # the few principals acting at any time repeat: encode each once
-        actor_json = _actor_json(tuple(sorted(event.actor.items())))
+        actor_json, actor = _cached_actor(tuple(sorted(event.actor.items())))
     except TypeError:  # unhashable values (nested objects): no caching
-        actor_json = canonical_json(event.actor)
-    return _Encoded(event, actor_json, data_json)
+        actor_json, actor = _encoded_actor(event.actor)
+    return _Encoded(event, actor_json, data_json, actor, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +239,7 @@ async def append(
         records.append((seq, at, ev.type, ev.subject, visibility, item.actor_json,
                         item.data_json, prev, digest))
         recorded.append(RecordedEvent(seq, at, ev.type, ev.subject, tuple(visibility),
-                                      ev.actor, ev.data, prev, digest))
+                                      item.actor, item.data, prev, digest))
         prev = digest
     if len(records) == 1:
         await conn.execute(

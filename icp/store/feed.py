@@ -2,8 +2,10 @@
 
 One `EventFeed` per node reads new rows once and hands each batch, in seq order, to its
 subscribers (the WebSocket gateway, webhook dispatcher, live picture). Wake-ups carry no payload;
-the feed always reads the log itself, so a lost or coalesced notification costs at most one poll
-interval. The listening connection is re-established if the database goes away.
+the feed reads the log itself, so a lost or coalesced notification costs at most one poll
+interval. Events this node commits through its group commit are offered straight after COMMIT
+(`offer`) and skip the read when nothing of another node's comes before them. The listening
+connection is re-established if the database goes away.
 """
 
 from __future__ import annotations
@@ -100,6 +102,27 @@ class EventFeed:
 
         await listen(self._url, eventlog.EVENTS_CHANNEL, on_notify, listening, retry_s=min(self._poll, 1.0))
 
+    async def offer(self, events: list[RecordedEvent]) -> None:
+        """Events this node has just committed (consecutive seqs). When they follow on from what
+        the feed has handed out, they go to the subscribers now, without reading them back;
+        otherwise (another node's events come first) the feed reads the log."""
+        if not events or events[-1].seq <= self.head:
+            return
+        if events[0].seq != self.head + 1:
+            self._wake.set()
+            return
+        await self._deliver(events)
+
+    async def _deliver(self, batch: list[RecordedEvent]) -> None:
+        self.head = batch[-1].seq
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(batch)
+            except Exception:
+                log.exception("event feed subscriber failed")
+        async with self._advanced:
+            self._advanced.notify_all()
+
     async def _follow(self) -> None:
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -108,16 +131,10 @@ class EventFeed:
             try:
                 while True:
                     batch = await eventlog.read_after(self._pool, self.head, self._page)
-                    if not batch:
-                        break
-                    self.head = batch[-1].seq
-                    for subscriber in list(self._subscribers):
-                        try:
-                            subscriber(batch)
-                        except Exception:
-                            log.exception("event feed subscriber failed")
-                    async with self._advanced:
-                        self._advanced.notify_all()
+                    # What `offer` handed out while the read was under way is not handed out twice.
+                    fresh = [e for e in batch if e.seq > self.head]
+                    if fresh:
+                        await self._deliver(fresh)
                     if len(batch) < self._page:
                         break
             except (TimeoutError, OSError, asyncpg.PostgresError) as exc:

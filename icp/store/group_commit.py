@@ -92,6 +92,8 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._on_commit = on_commit
+        # Told of every committed batch's events, in seq order (the node's event feed).
+        self.on_recorded: Callable[[list[RecordedEvent]], Awaitable[None]] | None = None
         # Held from one batch to the next while work keeps coming (no pool reset per batch).
         self._conn: asyncpg.Connection | None = None
         self.stats = GroupCommitStats()
@@ -287,3 +289,8 @@ class GroupCommitter:
         if self._on_commit is not None:
             with contextlib.suppress(Exception):
                 self._on_commit(len(batch), len(recorded), elapsed)
+        if self.on_recorded is not None and recorded:
+            try:
+                await self.on_recorded(recorded)
+            except Exception:  # committed all the same; the feed reads the log on its next wake-up
+                log.exception("handing committed events on failed")

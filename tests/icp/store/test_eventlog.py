@@ -312,6 +312,40 @@ async def test_feed_polling_covers_lost_wakeups(pool: asyncpg.Pool) -> None:
     assert got == [1]
 
 
+async def test_recorded_events_equal_what_a_read_of_the_row_gives_back(conn: asyncpg.Connection) -> None:
+    # The writing node hands its events on without reading them back: they must be the same values.
+    data = {"t": (1, 2.0, "x"), "big": 1e20, "f": 1.5, "nested": {"b": [True, None], "a": -0.0}}
+    async with conn.transaction():
+        written = await eventlog.append(conn, [NewEvent("test.same", "s", data, actor={"kind": "unit", "id": "E1"},
+                                                        visibility=("fire", "ems"))])
+    [read] = await eventlog.read_after(conn, 0)
+    assert written == [read]
+    assert written[0].data == {"t": [1, 2, "x"], "big": 10**20, "f": 1.5, "nested": {"b": [True, None], "a": 0}}
+
+
+async def test_feed_hands_on_offered_events_once_and_in_order(pool: asyncpg.Pool) -> None:
+    # No listener can connect and the poll is slow: what arrives quickly was offered, not read.
+    feed = EventFeed("postgresql://nobody@/nowhere?host=/nonexistent", pool, poll_interval_s=30)
+    got: list[int] = []
+    feed.subscribe(lambda batch: got.extend(e.seq for e in batch))
+    committer = GroupCommitter(pool)
+    committer.on_recorded = feed.offer
+    committer.start()
+    await feed.start()
+    try:
+        first = await committer.append_many([NewEvent("test.o", "s", {"i": i}) for i in range(3)])
+        await feed.wait_for(first[-1].seq, timeout=2)
+        # Another writer's event comes between: the next offer does not follow on, so the feed reads.
+        await eventlog.append_committed(pool, [NewEvent("test.other", "s", {})])
+        last = await committer.append(NewEvent("test.o", "s", {"i": 3}))
+        await feed.wait_for(last.seq, timeout=2)
+        await feed.offer([last])  # already handed out: ignored
+    finally:
+        await feed.stop()
+        await committer.stop()
+    assert got == [1, 2, 3, 4, 5]
+
+
 def test_canonical_form_survives_a_jsonb_round_trip(db_url: str) -> None:
     """Any JSON value, stored as jsonb and read back, encodes to the same canonical text."""
     from hypothesis import HealthCheck
