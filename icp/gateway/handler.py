@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from icp import appkeys
+from icp import appkeys, jsontext
 from icp.auth import credentials
 from icp.auth.guard import principal_for_bearer
 from icp.auth.principal import Principal, Role
@@ -41,8 +40,10 @@ from icp.messaging import MESSAGING
 from icp.messaging.hub import MESSAGE_PREFIX, Subscriber
 from icp.store import eventlog
 from icp.store.eventlog import RecordedEvent
+from icp.tasks import cancel_all
 
 SEND_QUEUE = 2000
+DIRECT_WRITE_BUFFER = 64 * 1024  # above this many unsent bytes, frames queue (and wait for the socket)
 ENCODED_CACHE = 4096  # recent event frames, encoded once for every connection that sends them
 # Per app: a seq names one event only within one log.
 EVENT_TEXT = web.AppKey("event_text", dict)
@@ -60,7 +61,7 @@ def event_text(cache: dict[int, str], event: RecordedEvent) -> str:
 
 
 def _dumps(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str)
+    return jsontext.lenient(frame)
 class EventFanout:
     """The node's one subscription to the event feed for every connection. Messages are left out:
     the messaging hub delivers them to their channel's members, and a batch with nothing else in
@@ -89,6 +90,44 @@ class EventFanout:
 
 
 FANOUT = web.AppKey("event_fanout", EventFanout)
+
+
+class Ticker:
+    """The node's one clock for every connection's session (hello deadline, heartbeats): one task
+    walks the connections every ``TICK_S`` instead of a sleeping task and timer per connection,
+    which cost a unit's connection more than its position reports. The walk yields every
+    ``STEP`` connections, so ten thousand of them do not stall the loop."""
+
+    STEP = 500
+
+    def __init__(self) -> None:
+        self.connections: set[Connection] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def attach(self, conn: Connection) -> Callable[[], None]:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="icp-gateway-ticker")
+        self.connections.add(conn)
+        return lambda: self.connections.discard(conn)
+
+    async def stop(self, _app: web.Application | None = None) -> None:
+        await cancel_all([self._task])
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            for n, conn in enumerate(list(self.connections)):
+                if n and n % self.STEP == 0:
+                    await asyncio.sleep(0)
+                if not conn.closed:
+                    try:
+                        conn.perform(conn.session.tick(time.monotonic()))
+                    except Exception:
+                        log.exception("a connection's tick failed")
+
+
+TICKER = web.AppKey("gateway_ticker", Ticker)
 MAX_REPLAY_EVENTS = 100_000
 POSITIONS_EVERY_S = 0.25
 TICK_S = 1.0
@@ -126,11 +165,14 @@ class Connection:
         self._room: asyncio.Event | None = None  # set by the sender once _room_wanted places are free
         self._room_wanted = 0
         self.closed = False
+        self._sending = False  # the sender task is writing a frame (later frames must queue behind it)
+        # Set when the socket may be written directly (`_write_now`): not with permessage-deflate.
+        self.transport: asyncio.Transport | None = None
 
     # -- the loops ---------------------------------------------------------------------------------
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop())
-        ticker = asyncio.create_task(self._tick_loop())
+        self.cleanups.append(self.app[TICKER].attach(self))
         try:
             async for msg in self.ws:
                 now = time.monotonic()
@@ -151,7 +193,7 @@ class Connection:
             self.closed = True
             for cleanup in self.cleanups:
                 cleanup()
-            for task in (ticker, *self.tasks):
+            for task in self.tasks:
                 task.cancel()
             with contextlib.suppress(asyncio.QueueFull):
                 self.out.put_nowait(protocol.Close(protocol.CLOSE_NORMAL, ""))
@@ -171,12 +213,29 @@ class Connection:
                 return
             if self.ws.closed:
                 return
-            await self.ws.send_str(item if isinstance(item, str) else _dumps(item))
+            self._sending = True
+            try:
+                await self.ws.send_str(item if isinstance(item, str) else _dumps(item))
+            finally:
+                self._sending = False
 
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_S)
-            self.perform(self.session.tick(time.monotonic()))
+    def _write_now(self, frame: dict[str, Any] | str) -> bool:
+        """Write a text frame straight to the socket when nothing is queued before it and the
+        socket takes it at once (no compression negotiated, send buffer below its bound): most
+        frames — a unit's `ok` for each position — then skip the queue and the sender's task
+        switch. Otherwise (False) the frame goes through the queue, which waits for the socket."""
+        transport = self.transport
+        if (transport is None or self._sending or not self.out.empty() or self.ws.closed
+                or transport.is_closing() or transport.get_write_buffer_size() > DIRECT_WRITE_BUFFER):
+            return False
+        data = (frame if isinstance(frame, str) else _dumps(frame)).encode()
+        n = len(data)
+        # A server's frame is unmasked: FIN + text opcode, then the length (RFC 6455 §5.2).
+        head = (bytes((0x81, n)) if n < 126 else
+                bytes((0x81, 126)) + n.to_bytes(2, "big") if n < 65536 else
+                bytes((0x81, 127)) + n.to_bytes(8, "big"))
+        transport.write(head + data)
+        return True
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -206,7 +265,7 @@ class Connection:
                 self.ops.put_nowait(action)
 
     def send(self, frame: dict[str, Any] | str) -> None:
-        if self.closed:
+        if self.closed or self._write_now(frame):
             return
         try:
             self.out.put_nowait(frame)
@@ -436,7 +495,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     registry = request.app[appkeys.WEBSOCKETS]
     registry.add(ws)
     try:
-        await Connection(request.app, ws, session_principal=session).run()
+        conn = Connection(request.app, ws, session_principal=session)
+        if not ws.compress and isinstance(request.transport, asyncio.Transport):
+            conn.transport = request.transport
+        await conn.run()
     except Exception:
         log.exception("websocket connection failed")
     finally:
@@ -459,4 +521,6 @@ async def console_session(request: web.Request) -> Principal | None:
 def setup(app: web.Application) -> None:
     app[EVENT_TEXT] = {}
     app[FANOUT] = EventFanout()
+    app[TICKER] = ticker = Ticker()
+    app.on_cleanup.append(ticker.stop)
     app.router.add_get("/ws", websocket)

@@ -123,6 +123,8 @@ class PositionHub:
     def _accept(self, fix: Fix) -> None:
         self._last[fix.unit_id] = fix
         self._to_picture[fix.unit_id] = fix
+        if not self._subscribers:  # no console on this node follows positions
+            return
         batch = [fix.to_wire()]
         for subscriber in list(self._subscribers):
             try:

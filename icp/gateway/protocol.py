@@ -717,7 +717,7 @@ def _decode(text: str, max_frame: int) -> dict[str, Any] | tuple[str, str]:
                                  and len(text.encode("utf-8", "surrogatepass")) > max_frame):
         return "too_large", f"a frame is at most {max_frame} bytes"
     try:
-        frame = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        frame = _decode_json(text)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         return "invalid_json", "the frame is not JSON"
     if not isinstance(frame, dict):
@@ -734,6 +734,10 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(number):  # 1e999 parses as infinity
         raise ValueError("a number out of range")
     return number
+
+
+# Made once: `json.loads` with options builds a new decoder for every frame.
+_decode_json = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float).decode
 
 
 _Early: TypeAlias = tuple[str | None, float]  # a held text frame (None: a binary one) and when it came

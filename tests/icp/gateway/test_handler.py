@@ -4,6 +4,7 @@ most once across reconnects, malformed frames, slow consumers, positions, and tw
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from icp import appkeys
 from icp.app import create_app
 from icp.config import Settings
-from icp.gateway import handler
+from icp.gateway import handler, protocol
 from icp.store import database, eventlog
 from icp.store.eventlog import NewEvent
 from tests.icp.test_dispatch_api import INCIDENT, NEAR, City, build_city
@@ -223,6 +224,23 @@ async def test_malformed_frames_get_error_frames_and_abuse_closes(client: TestCl
         while (await ws.ws.receive()).type == aiohttp.WSMsgType.TEXT:
             pass
     assert ws.ws.close_code == 1008
+
+
+async def test_the_node_clock_closes_silent_sockets_and_pings_quiet_clients(  # type: ignore[no-untyped-def]
+        client: TestClient, make_token, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One ticker walks every connection: short deadlines here so the test takes a second.
+    monkeypatch.setattr(handler, "TICK_S", 0.05)
+    monkeypatch.setattr(protocol, "Session", functools.partial(protocol.Session, heartbeat_s=0.3,
+                                                               hello_timeout_s=0.3))
+    silent = await client.ws_connect("/ws")  # never says hello
+    ws, _ = await Ws.connect(client, await make_token("dispatcher", agency="fire"))
+    async with asyncio.timeout(5):
+        assert (await silent.receive()).type == aiohttp.WSMsgType.CLOSE
+        assert silent.close_code == protocol.CLOSE_UNAUTHORIZED
+        await ws.next("ping")  # the quiet client is pinged, does not answer, and is let go
+        while (await ws.ws.receive()).type == aiohttp.WSMsgType.TEXT:
+            pass
+    assert ws.ws.close_code == protocol.CLOSE_HEARTBEAT_LOST
 
 
 @pytest.mark.slow
