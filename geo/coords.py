@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from geopy.distance import geodesic
 
@@ -110,9 +110,20 @@ def geodesic_m(a: Point, b: Point) -> float:
     return float(geodesic((a.lat, a.lon), (b.lat, b.lon)).meters)
 
 
-def haversine_m(a: Point, b: Point) -> float:
+class LatLon(Protocol):
+    """Anything with a latitude and longitude in degrees (a `Point`, a unit's position fix)."""
+
+    @property
+    def lat(self) -> float: ...
+
+    @property
+    def lon(self) -> float: ...
+
+
+def haversine_m(a: LatLon, b: LatLon) -> float:
     """Great-circle distance in metres on a sphere of mean Earth radius: within about 0.5% of
-    `geodesic_m` and some fifty times cheaper, for plausibility checks on streams of positions."""
+    `geodesic_m` and some fifty times cheaper, for plausibility checks on streams of positions
+    (which need not be made `Point`s first)."""
     lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
     dlat, dlon = lat2 - lat1, math.radians(b.lon - a.lon)
     h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2

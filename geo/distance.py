@@ -146,6 +146,29 @@ def from_local_metres(x: float, y: float, origin: Point) -> Point:
     return Point(lat=origin.lat + y / ky, lon=origin.lon + x / kx)
 
 
+# The unit circle as `shapely.buffer` draws it (64 segments, closed), made once and turned
+# counterclockwise as RFC 7946 wants an exterior ring.
+_UNIT_RING: FloatArray = np.asarray(
+    shapely.orient_polygons(shapely.buffer(shapely.Point(0.0, 0.0), 1.0, quad_segs=16)).exterior.coords)
+DISC_DECIMALS = 7  # about a centimetre: the outline approximates the circle far more coarsely anyway
+
+
+def local_disc(center: Point, radius_m: float) -> BaseGeometry:
+    """A circle of ``radius_m`` around ``center`` as a 64-vertex lon/lat polygon, drawn in
+    `to_local_metres`' frame (for radii of a few kilometres), vertices rounded to
+    ``DISC_DECIMALS`` decimals. Raises `CoordinateError` when the outline would leave the valid
+    range of latitudes or longitudes (near a pole or the antimeridian)."""
+    if not radius_m > 0:
+        raise ValueError(f"a disc needs a positive radius, got {radius_m!r}")
+    kx, ky = _local_scale(center)
+    lons = np.round(center.lon + _UNIT_RING[:, 0] * (radius_m / kx), DISC_DECIMALS)
+    lats = np.round(center.lat + _UNIT_RING[:, 1] * (radius_m / ky), DISC_DECIMALS)
+    if not (np.all(np.abs(lats) <= 90.0) and np.all(np.abs(lons) <= 180.0)):
+        raise CoordinateError(f"a {radius_m:g} m disc around {center} leaves the range of coordinates")
+    disc: BaseGeometry = shapely.polygons(np.column_stack((lons, lats)))
+    return disc
+
+
 def distance_to_geometry_m(point: Point, geometry: BaseGeometry) -> float:
     """Metres from `point` to the nearest part of a nearby lon/lat `geometry`."""
     local = to_local_metres(geometry, point)

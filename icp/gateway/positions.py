@@ -100,7 +100,7 @@ class PositionHub:
                 return self._no("older than the last accepted position")
             if elapsed < self.min_interval_s:
                 return self._no("more often than allowed")
-            moved = haversine_m(Point(last.lat, last.lon), Point(fix.lat, fix.lon))
+            moved = haversine_m(last, fix)
             if moved / elapsed > self.max_speed_mps:
                 return self._no(f"an impossible jump ({moved:.0f} m in {elapsed:.1f} s)")
         if len(self._pending) >= self.max_buffer:

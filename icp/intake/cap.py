@@ -34,12 +34,11 @@ import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]  # no st
 import shapely
 from defusedxml import DefusedXmlException
 from shapely.geometry import Point as ShapelyPoint
-from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from dispatch.alert_rules import AlertKind, Certainty, Severity, Urgency, normalise
 from geo.coords import CoordinateError, Point
-from geo.distance import from_local_metres
+from geo.distance import local_disc
 from geo.geojson import Circle, GeometryError, parse_cap_circle, parse_cap_polygon, require_valid
 from icp.intake.report import (
     DEFAULT_CONFIG,
@@ -710,12 +709,10 @@ def _disc(circle: Circle) -> BaseGeometry:
         return ShapelyPoint(circle.center.lon, circle.center.lat)
     if circle.radius_m > LOCAL_DISC_MAX_M:
         return circle.to_polygon()
-    ring = ShapelyPoint(0.0, 0.0).buffer(circle.radius_m, quad_segs=16).exterior.coords
     try:
-        rim = [from_local_metres(x, y, circle.center) for x, y in ring]
+        return local_disc(circle.center, circle.radius_m)
     except CoordinateError:  # within 10 km of a pole: the exact construction says why not
         return circle.to_polygon()
-    return Polygon([(p.lon, p.lat) for p in rim])
 
 
 @cache

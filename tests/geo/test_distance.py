@@ -19,6 +19,7 @@ from geo.distance import (
     distance_to_geometry_m,
     from_local_metres,
     haversine_m,
+    local_disc,
     nearest_k,
     to_local_metres,
 )
@@ -145,3 +146,25 @@ def test_local_frame_distances_match_geodesic_nearby() -> None:
     x, y = local.coords[0]
     back = from_local_metres(x, y, HELSINKI)
     assert math.isclose(back.lon, 24.94, abs_tol=1e-9) and math.isclose(back.lat, 60.17, abs_tol=1e-9)
+
+
+@given(lat=st.floats(-80, 80), lon=st.floats(-179, 179), radius=st.floats(1.0, 10_000.0))
+@settings(max_examples=60, deadline=None)
+def test_a_local_disc_keeps_its_rim_at_the_radius(lat: float, lon: float, radius: float) -> None:
+    center = Point(lat=lat, lon=lon)
+    disc = local_disc(center, radius)
+    assert shapely.is_valid(disc) and len(disc.exterior.coords) == 65
+    rim = [geodesic_m(center, Point(lat=y, lon=x)) for x, y in disc.exterior.coords]
+    # The local frame drifts with latitude (well under 1 % within 10 km) and vertices are rounded
+    # to 1e-7 degrees (about a centimetre).
+    assert all(abs(d - radius) <= 0.01 * radius + 0.05 for d in rim)
+    assert disc.exterior.is_ccw
+
+
+def test_a_local_disc_refuses_to_cross_a_pole_or_the_antimeridian() -> None:
+    with pytest.raises(CoordinateError):
+        local_disc(Point(lat=89.99, lon=0.0), 5_000.0)
+    with pytest.raises(CoordinateError):
+        local_disc(Point(lat=0.0, lon=179.99), 5_000.0)
+    with pytest.raises(ValueError):
+        local_disc(Point(lat=0.0, lon=0.0), 0.0)
