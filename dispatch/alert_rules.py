@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
 from importlib import resources
@@ -21,6 +21,7 @@ from dispatch.incident import PRIORITY_HIGHEST, PRIORITY_LOWEST
 from dispatch.response_plan import ResponsePlans, default_plans
 
 MAX_RULES = 1_000
+MAX_DECISIONS_KEPT = 4_096
 MAX_NOTE_CHARS = 300
 
 
@@ -232,6 +233,10 @@ class AlertRules:
     """An ordered rule table: the first rule that matches an alert decides for it."""
 
     rules: tuple[AlertRule, ...]
+    # Decisions already made, by the arguments as given: a city's sensors repeat a handful of
+    # combinations, and every alert asks (bounded: arbitrary CAP words could vary without end).
+    _decided: dict[tuple[object, ...], AlertDecision] = field(default_factory=dict, init=False, repr=False,
+                                                             compare=False, hash=False)
 
     def __post_init__(self) -> None:
         rules = check.tuple_of(self.rules, AlertRule, "rules", max_len=MAX_RULES)
@@ -266,6 +271,20 @@ class AlertRules:
         certainty: Certainty | str = Certainty.UNKNOWN,
     ) -> AlertDecision:
         """The decision of the first matching rule. Unrecognised CAP values count as Unknown."""
+        key = (kind, severity, urgency, certainty)
+        try:
+            decided = self._decided.get(key)
+        except TypeError:  # not hashable, so not a valid value either: let the checks say why
+            return self._decide(kind, severity, urgency, certainty)
+        if decided is None:
+            decided = self._decide(kind, severity, urgency, certainty)
+            if len(self._decided) >= MAX_DECISIONS_KEPT:
+                self._decided.clear()
+            self._decided[key] = decided
+        return decided
+
+    def _decide(self, kind: AlertKind | str, severity: Severity | str, urgency: Urgency | str,
+                certainty: Certainty | str) -> AlertDecision:
         k = check.member(kind, AlertKind, "kind")
         sev = normalise(Severity, severity) or Severity.UNKNOWN
         urg = normalise(Urgency, urgency) or Urgency.UNKNOWN

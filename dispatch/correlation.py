@@ -7,7 +7,7 @@ time window of the alert. Among several such incidents the nearest wins (then th
 alerted, then the smallest id), so the answer is deterministic. More alerts on one incident
 raise its priority by the escalation rules. Every answer carries a reason a dispatcher can read.
 
-Distances are haversine metres (`geo.distance.haversine_m`, vectorised over each incident type's
+Distances are haversine metres (`geo.distance.PointArrays`, vectorised over each incident type's
 locations), so a city with thousands of open incidents answers in well under a millisecond.
 Settings ship in ``dispatch/alert_rules.toml`` and are documented in ``docs/intake.md``.
 """
@@ -28,7 +28,7 @@ from dispatch.errors import Invalid
 from dispatch.incident import PRIORITY_HIGHEST, PRIORITY_LOWEST, Incident
 from dispatch.response_plan import default_plans
 from geo.coords import Point
-from geo.distance import FloatArray, as_arrays, haversine_m
+from geo.distance import FloatArray, PointArrays
 
 MAX_RADIUS_M = 100_000.0
 MAX_WINDOW_S = 7 * 86_400.0
@@ -260,8 +260,7 @@ class OpenIncident:
 @dataclass(frozen=True, slots=True)
 class _Group:
     ids: tuple[str, ...]
-    lats: FloatArray
-    lons: FloatArray
+    points: PointArrays
 
 
 class OpenIncidents:
@@ -334,8 +333,8 @@ class OpenIncidents:
                              key=lambda i: i.incident_type)
             if not members:
                 return None
-            lats, lons = as_arrays([i.location for i in members])
-            group = self._groups[types] = _Group(tuple(i.id for i in members), lats, lons)
+            group = self._groups[types] = _Group(tuple(i.id for i in members),
+                                                 PointArrays.of([i.location for i in members]))
         return group
 
     def measure(self, point: Point, types: Iterable[str]) -> list[tuple[Sequence[OpenIncident], FloatArray]]:
@@ -344,7 +343,7 @@ class OpenIncidents:
         group = self._group(tuple(sorted(set(types))))
         if group is None:
             return []
-        return [(_Members(group.ids, self._by_id), haversine_m(point, group.lats, group.lons))]
+        return [(_Members(group.ids, self._by_id), group.points.haversine_m(point))]
 
     def near(self, point: Point, types: Iterable[str], radius_m: float) -> list[tuple[OpenIncident, float]]:
         """Incidents of ``types`` within ``radius_m`` of ``point``, with their distances (metres)."""

@@ -71,6 +71,34 @@ def haversine_m(origin: Point, lats: ArrayLike, lons: ArrayLike) -> FloatArray:
     return result
 
 
+class PointArrays:
+    """Many points held for repeated distance queries: checked once, with their latitudes'
+    radians and cosines kept, so each `haversine_m` from a new origin does only what depends on
+    it (correlation asks one set of open incidents once per alert)."""
+
+    __slots__ = ("cos_phi", "lats", "lons", "phi")
+
+    def __init__(self, lats: ArrayLike, lons: ArrayLike) -> None:
+        self.lats, self.lons = _checked(lats, lons)
+        self.phi: FloatArray = self.lats * _DEG
+        self.cos_phi: FloatArray = np.cos(self.phi)
+
+    @classmethod
+    def of(cls, points: Sequence[Point]) -> PointArrays:
+        return cls(*as_arrays(points))
+
+    def __len__(self) -> int:
+        return int(self.lats.size)
+
+    def haversine_m(self, origin: Point) -> FloatArray:
+        """Great-circle distances in metres from ``origin``, in order (as `haversine_m`)."""
+        phi1 = origin.lat * _DEG
+        dlmb = (self.lons - origin.lon) * _DEG
+        h = np.sin((self.phi - phi1) / 2.0) ** 2 + math.cos(phi1) * self.cos_phi * np.sin(dlmb / 2.0) ** 2
+        result: FloatArray = 2.0 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+        return result
+
+
 def nearest_k(
     origin: Point,
     lats: ArrayLike,

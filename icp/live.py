@@ -35,6 +35,8 @@ AGENCY_SAVED = "agency.saved"
 STATION_SAVED = "station.saved"
 UNIT_SAVED = "unit.saved"
 PLANS_UPDATED = "response_plans.updated"
+# The event types `_apply_one` changes the picture for.
+_PICTURE_EVENTS = frozenset({AGENCY_SAVED, STATION_SAVED, UNIT_SAVED, PLANS_UPDATED, *dev.EVENT_TYPES})
 ALERT_LINKED = dev.AlertLinked.type
 _INCIDENT_FIELDS = tuple(f.name for f in fields(Incident) if f.name != "alert_ids")
 
@@ -115,10 +117,12 @@ class LivePicture:
                 try:
                     if recorded.type == ALERT_LINKED:
                         self._link(linked, recorded.data)
-                    else:
+                    elif recorded.type in _PICTURE_EVENTS:
                         if linked:
                             self._commit_links(linked)
                         self._apply_one(recorded.type, recorded.data)
+                    # Anything else (an alert received, a message) leaves the picture as it is,
+                    # and does not break the run of links either.
                 except (DomainError, KeyError, ValueError, TypeError) as exc:
                     self._rebuild_soon(f"{recorded.type} at seq {recorded.seq}: {exc}")
                     return

@@ -19,9 +19,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from shapely.geometry import Point as ShapelyPoint
-
 from dispatch.alert_rules import AlertKind, Certainty, Severity, Urgency, normalise
+from geo.coords import Point
 from icp import jsontext
 from icp.intake.report import (
     DEFAULT_CONFIG,
@@ -35,6 +34,7 @@ from icp.intake.report import (
     load_json,
     parse_time,
     place,
+    place_point,
 )
 
 MAX_DESCRIPTION_CHARS = 4_000
@@ -138,7 +138,8 @@ def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
     notes = Problems()
     if config.too_far_ahead(values["time"], now):
         notes.add("time_in_future", "/time", f"{obj['time']} is ahead of the server's clock")
-    placement = place(values["location"], config)
+    location = values["location"]
+    placement = place_point(location, config) if isinstance(location, Point) else place(location, config)
     # The sender's own details stay apart from what intake adds, so no key of theirs is overwritten.
     data: dict[str, Any] = {"native": values["data"]} if "data" in values else {}
     if placement.data:
@@ -184,10 +185,10 @@ def _text(value: object, where: str, limit: int) -> str:
 
 
 def _location(value: object, where: str) -> Any:
+    """A GeoJSON geometry as a shape, or ``{"lat", "lon"}`` as a `Point` (placed without a shape)."""
     if isinstance(value, dict) and "type" in value:
         return geojson_shape(value, where, allowed=GEOMETRY_TYPES, max_positions=MAX_LOCATION_POSITIONS)
-    point = lat_lon_point(value, where)
-    return ShapelyPoint(point.lon, point.lat)
+    return lat_lon_point(value, where)
 
 
 def _data(value: object, where: str) -> dict[str, Any]:

@@ -598,6 +598,15 @@ def place(
     return Placement(point, area, (LocationFlag.OUTSIDE_SERVICE_AREA,))
 
 
+def place_point(point: Point, config: IntakeConfig) -> Placement:
+    """`place` for a point as written (lat/lon), asking the service area without making a shape
+    first when the point is simply inside it (almost every sensor's case)."""
+    service = config.service_area
+    if service is None or shapely.intersects_xy(service, point.lon, point.lat):
+        return Placement(point, None, ())
+    return place(ShapelyPoint(point.lon, point.lat), config)
+
+
 def _as_written(shape: BaseGeometry) -> dict[str, Any]:
     # What the sender wrote, kept for the person who has to decide where it really is.
     return {"area_as_written": geometry_to_geojson(shape)}

@@ -44,7 +44,21 @@ class EventError(ValueError):
 
 def _normalise(value: Any) -> Any:
     """The JSON value in its canonical Python form (raises EventError for non-JSON values)."""
-    if value is None or isinstance(value, (bool, str, int)):
+    # Exact types first: events are mostly plain dicts, lists and strings, and an isinstance
+    # test against the Mapping ABC costs more than the rest of the walk.
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EventError(f"event data keys must be strings, got {type(key).__name__}")
+            out[key] = _normalise(item)
+        return out
+    if kind is list or kind is tuple:
+        return [_normalise(item) for item in value]
+    if isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from geo.coords import CoordinateError, Point, geodesic_m
 from geo.distance import (
     HAVERSINE_MAX_RELATIVE_ERROR,
+    PointArrays,
     PointIndex,
     as_arrays,
     bbox_around,
@@ -168,3 +169,19 @@ def test_a_local_disc_refuses_to_cross_a_pole_or_the_antimeridian() -> None:
         local_disc(Point(lat=0.0, lon=179.99), 5_000.0)
     with pytest.raises(ValueError):
         local_disc(Point(lat=0.0, lon=0.0), 0.0)
+
+
+@given(origin=points, others=st.lists(points, min_size=1, max_size=30))
+@settings(max_examples=60, deadline=None)
+def test_point_arrays_measure_as_haversine_does(origin: Point, others: list[Point]) -> None:
+    held = PointArrays.of(others)
+    assert len(held) == len(others)
+    lats, lons = as_arrays(others)
+    assert np.allclose(held.haversine_m(origin), haversine_m(origin, lats, lons), rtol=1e-12, atol=1e-6)
+
+
+def test_point_arrays_are_checked_once_when_made() -> None:
+    with pytest.raises(CoordinateError):
+        PointArrays([60.0, float("nan")], [24.0, 25.0])
+    with pytest.raises(CoordinateError):
+        PointArrays([60.0], [24.0, 25.0])

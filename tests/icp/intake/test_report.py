@@ -26,6 +26,7 @@ from icp.intake.report import (
     load_json,
     parse_time,
     place,
+    place_point,
 )
 from tests.icp.intake import HELSINKI, HELSINKI_AREA, T0, cap_area, cap_doc, cap_info
 
@@ -127,6 +128,21 @@ def test_place_against_a_service_area():
     untrusted_inside = place(SQUARE, CITY, trusted=False)
     assert untrusted_inside.location is not None
     assert untrusted_inside.flags == (LocationFlag.NONCONFORMING_LOCATION,)
+
+
+@given(lat=st.floats(59.0, 62.0), lon=st.floats(23.0, 26.0))
+@settings(max_examples=80, deadline=None)
+def test_placing_a_point_agrees_with_placing_its_shape(lat: float, lon: float) -> None:
+    # Inside, outside, and (Helsinki's lat/lon swapped falls in neither box) in agreement.
+    for config in (CITY, IntakeConfig()):
+        quick, general = place_point(Point(lat, lon), config), place(ShapelyPoint(lon, lat), config)
+        assert quick.flags == general.flags and quick.area is None and general.area is None
+        assert quick.location == general.location
+
+
+def test_a_point_written_with_lat_and_lon_swapped_is_not_placed() -> None:
+    swapped = place_point(Point(24.94, 60.17), CITY)  # lat 24.94, lon 60.17: Helsinki if exchanged
+    assert swapped.flags == (LocationFlag.AXIS_SWAP_SUSPECTED,) and swapped.location is None
 
 
 def test_geocode_table_takes_points_and_trims_keys():

@@ -113,9 +113,11 @@ def test_the_live_pictures_link_path_equals_evolve() -> None:
         return RecordedEvent(seq, at, ev.type, ev.subject, ("*",), {}, {**data, "agency_ids": ["fire"]},
                              b"", b"")
 
-    live.apply([recorded(1, links[0]), recorded(2, links[1]), recorded(3, note),
-                recorded(4, dev.AlertLinked(at=at, incident_id=incident.id, alert_id="AL-4"))])
-    assert live.applied_seq == 4
+    # An alert received between two links changes nothing in the picture (and does not end the run).
+    received = RecordedEvent(2, at, "alert.received", "alert/AL-3", ("*",), {}, {"alert_id": "AL-3"}, b"", b"")
+    live.apply([recorded(1, links[0]), received, recorded(3, links[1]), recorded(4, note),
+                recorded(5, dev.AlertLinked(at=at, incident_id=incident.id, alert_id="AL-4"))])
+    assert live.applied_seq == 5
     assert live.state.incidents[incident.id] == expected.incidents[incident.id]
     assert live.state.incidents[incident.id].alert_ids == ("AL-1", "AL-2", "AL-3", "AL-4")
     assert live.incident_agencies[incident.id] == ["fire"]
