@@ -704,7 +704,8 @@ LOCAL_DISC_MAX_M = 10_000.0
 
 
 def _disc(circle: Circle) -> BaseGeometry:
-    """A CAP circle as a lon/lat shape: its centre for radius 0, else a 64-vertex outline."""
+    """A CAP circle as a lon/lat shape: its centre for radius 0, else an outline of 32 or 64
+    vertices (within a metre of the circle for small ones, `geo.distance.disc_segments`)."""
     if circle.radius_m == 0:
         return ShapelyPoint(circle.center.lon, circle.center.lat)
     if circle.radius_m > LOCAL_DISC_MAX_M:
