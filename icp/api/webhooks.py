@@ -131,6 +131,7 @@ async def create_endpoint(request: web.Request) -> web.Response:
         endpoint, secret = await endpoints.create(conn, request.app[appkeys.SECRET_BOX], agency_id=agency_id,
                                                   url=url, events=patterns, description=description)
     await _log(request, "webhook.endpoint_created", endpoint.id, agency_id, {"url": url, "events": patterns})
+    request.app[appkeys.WEBHOOKS].kick(endpoint.id)  # fan out to it from the next commit on
     return json_response({**endpoint.to_json(), "secret": secret}, status=201)
 
 

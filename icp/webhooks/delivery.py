@@ -85,6 +85,10 @@ class Deliverer:
         self._rng = rng or random.Random()
         self.lanes: dict[str, Lane] = {}
         self._fanout_wake, self._claim_wake, self._record_wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        # False once a fan-out found no endpoint: then commits do not wake it (a transaction each,
+        # for nothing); it looks again every poll interval, and at once when this node's API
+        # changes an endpoint (`kick`). An endpoint made on another node waits at most one poll.
+        self._listening = True
         self._records: list[Attempt] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -120,10 +124,13 @@ class Deliverer:
 
     def wake(self, *_: Any) -> None:
         """New events were committed (the event feed calls this)."""
-        self._fanout_wake.set()
+        if self._listening:
+            self._fanout_wake.set()
 
     def kick(self, endpoint_id: str | None = None) -> None:
         """Something may be due now (a manual retry, a resumed endpoint), or an endpoint changed."""
+        self._listening = True  # an endpoint may exist now: fan out at the next commit again
+        self._fanout_wake.set()
         lane = self.lanes.get(endpoint_id) if endpoint_id else None
         if lane is not None:
             lane.recheck = True
@@ -139,7 +146,11 @@ class Deliverer:
             try:
                 while True:
                     async with self._pool.acquire() as conn, conn.transaction():
-                        consumed, touched = await fan_out(conn, self._incident_view)
+                        step = await fan_out(conn, self._incident_view)
+                    self._listening = step is not None
+                    if step is None:
+                        break
+                    consumed, touched = step
                     for endpoint_id in touched:  # a running lane takes them; otherwise claim it
                         lane = self.lanes.get(endpoint_id)
                         if lane is not None:

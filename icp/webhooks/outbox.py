@@ -46,9 +46,10 @@ def _visible_to(ev: RecordedEvent, agency_id: str) -> bool:
 
 
 async def fan_out(conn: asyncpg.Connection, incident_view: IncidentView,
-                  limit: int = FANOUT_BATCH) -> tuple[int, set[str]]:
+                  limit: int = FANOUT_BATCH) -> tuple[int, set[str]] | None:
     """One fan-out step inside the caller's transaction: (events consumed, endpoint ids that got
-    deliveries). ``incident_view(conn, incident_id, at)`` gives the EIDO view of an incident."""
+    deliveries), or None when no endpoint listens (the cursor then moves to the log's head).
+    ``incident_view(conn, incident_id, at)`` gives the EIDO view of an incident."""
     last = await conn.fetchval("SELECT last_seq FROM webhook_outbox FOR UPDATE")
     endpoints = await conn.fetch(
         "SELECT id, agency_id, events, from_seq FROM webhook_endpoints WHERE status <> 'disabled'")
@@ -56,7 +57,7 @@ async def fan_out(conn: asyncpg.Connection, incident_view: IncidentView,
         head = await eventlog.head_seq(conn)
         if head != last:
             await conn.execute("UPDATE webhook_outbox SET last_seq = $1", head)
-        return 0, set()
+        return None
     events = await eventlog.read_after(conn, last, limit)
     if not events:
         return 0, set()

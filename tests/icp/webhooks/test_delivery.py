@@ -210,6 +210,33 @@ async def test_loopback_is_refused_unless_allow_listed(settings: Settings, aioht
         assert body["errors"][0]["field"] == "url", url
 
 
+async def test_without_endpoints_commits_do_not_fan_out_and_a_new_endpoint_is_served_at_once(  # type: ignore[no-untyped-def]
+        settings: Settings, aiohttp_client, make_token, receiver: Receiver, db_url: str) -> None:
+    # A poll far longer than the test: whatever is fanned out promptly was woken by a commit or a kick.
+    client = await aiohttp_client(create_app(settings.replace(webhook_poll_s=60.0)))
+    city = Agencies(client, await make_token("admin"), {})
+    await city.call("POST", "/api/v1/agencies", json={"id": "hki-fire", "name": "hki-fire", "kind": "fire"})
+    city.tokens["hki-fire"] = await make_token("dispatcher", agency="hki-fire")
+    city.tokens["hki-fire:agency"] = await make_token("agency", agency="hki-fire")
+    await city.incident()  # the first fan-out finds no endpoint
+    conn = await asyncpg.connect(db_url)
+    try:
+        await asyncio.sleep(0.3)
+        cursor = await conn.fetchval("SELECT last_seq FROM webhook_outbox")
+        for _ in range(3):
+            await city.incident()
+        await asyncio.sleep(0.3)
+        assert await conn.fetchval("SELECT last_seq FROM webhook_outbox") == cursor  # no transaction per commit
+    finally:
+        await conn.close()
+    endpoint = await city.subscribe("hki-fire", receiver.url)
+    receiver.secrets = [endpoint["secret"]]
+    made = await city.incident()
+    got = await receiver.wait_for(lambda r: len(r) >= 1, timeout=5)
+    # Only what happened after the subscription is delivered, promptly.
+    assert {r.body["data"]["incident_id"] for r in got} == {made["id"]}
+
+
 async def test_authorization_and_validation(agencies: Agencies, receiver: Receiver, make_token) -> None:  # type: ignore[no-untyped-def]
     espoo = agencies.tokens["espoo-fire:agency"]
     await problem(await agencies.client.get("/api/v1/agencies/hki-fire/webhooks", headers=bearer(espoo)), 404)
