@@ -9,8 +9,9 @@ the envelope (seq, at, type, subject, visibility, actor, data) with sorted keys,
 and integral numbers written as integers. jsonb rewrites numbers and key order; the canonical form
 is defined on values, not on text, so a row read back hashes the same as the row written.
 
-Wake-ups. Each appending transaction sends a payload-free ``NOTIFY icp_events``; readers then read
-the log. A slow poll covers a lost notification (see `icp.store.feed`).
+Wake-ups. Each appending transaction sends ``NOTIFY icp_events`` with the seq of its last event as
+the payload; readers then read the log (a reader that already has that seq need not). A slow poll
+covers a lost notification (see `icp.store.feed`).
 """
 
 from __future__ import annotations
@@ -235,11 +236,15 @@ async def append(
     encoded = [e if isinstance(e, _Encoded) else encode(e) for e in events]
     if not encoded:
         return []
-    # One round trip for the lock and the wake-up (NOTIFY is delivered at commit, wherever it is
-    # sent in the transaction); the head is read after the lock, so it sees the previous holder's.
-    await conn.execute(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}); NOTIFY {EVENTS_CHANNEL}")
-    head = await conn.fetchrow("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-    seq, prev = (head["seq"], bytes(head["hash"])) if head else (0, GENESIS_HASH)
+    # The head is read after the lock, so it sees the previous holder's; the same statement sends
+    # the wake-up with the seq this append will end at (NOTIFY is delivered at commit, wherever it
+    # is sent in the transaction).
+    await conn.execute(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+    head = await conn.fetchrow(
+        "SELECT h.seq, h.hash, pg_notify($1, (coalesce(h.seq, 0) + $2)::text)"
+        " FROM (SELECT 1) AS one LEFT JOIN (SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1) AS h ON true",
+        EVENTS_CHANNEL, len(encoded))
+    seq, prev = (head["seq"], bytes(head["hash"])) if head["seq"] is not None else (0, GENESIS_HASH)
     at = now or datetime.now(UTC)
     at_text = format_at(at)
     records: list[tuple[Any, ...]] = []

@@ -92,8 +92,11 @@ class EventFeed:
             await self._advanced.wait_for(lambda: self.head >= seq)
 
     async def _listen(self) -> None:
-        def on_notify(*_: object) -> None:
-            self._wake.set()
+        def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            # The payload is the last seq the committing transaction appended: nothing to read
+            # when this node already handed it out (its own commits, offered straight away).
+            if not (payload.isdigit() and int(payload) <= self.head):
+                self._wake.set()
 
         def listening(up: bool) -> None:
             self.listening = up
