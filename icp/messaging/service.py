@@ -300,9 +300,14 @@ class MessagingService:
             async with self.pool.acquire() as conn:
                 channels = await self.channels_of(conn, sub.who, sub.member)
                 ids = [c.id for c in channels]
+                # Confirmed here a moment ago and not written yet — looked at before the read as
+                # well as after it: a flush that commits while the cursors are being read has left
+                # the unwritten set by the time the read returns, and is not in what it saw.
+                unwritten = {c: self.receipts.unwritten(key, c) for c in ids}
                 after = await store.starts(conn, key, ids, settings.message_backlog)
-                for channel_id in after:  # confirmed here a moment ago, not written yet
-                    after[channel_id] = max(after[channel_id], self.receipts.unwritten(key, channel_id))
+                for channel_id in after:
+                    after[channel_id] = max(after[channel_id], unwritten.get(channel_id, 0),
+                                            self.receipts.unwritten(key, channel_id))
                 repeats = await store.unacknowledged(conn, key, ids, settings.message_emergency_repeat_s,
                                                      MAX_REPEATS)
                 again = [s for s, c in repeats if s <= after.get(c, 0)]
