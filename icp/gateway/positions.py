@@ -170,7 +170,7 @@ class PositionHub:
                     self._next_stale_check = time.monotonic() + self.stale_check_s
                     await self.announce_stale()
             except Exception as exc:  # the database may be away: keep the buffer, try again
-                log.debug("position flush failed: %s", exc)
+                log.warning("position flush failed (kept for the next round): %s", exc)
 
     async def announce_stale(self, now: datetime | None = None) -> list[str]:
         """Announce the units (on duty, with a position) that went silent; return their ids."""
@@ -201,18 +201,27 @@ class PositionHub:
         latest: dict[str, Fix] = {}
         for fix in pending:
             latest[fix.unit_id] = fix
+        newest = sorted(latest.values(), key=lambda f: f.unit_id)  # one lock order for every node
         try:
+            # Two statements whatever the number of fixes: on a loop busy with thousands of
+            # sockets every round trip waits its turn, and a statement per fix took seconds.
             async with self._pool.acquire() as conn, conn.transaction():
-                await conn.executemany(
+                await conn.execute(
                     "INSERT INTO unit_positions (unit_id, at, lat, lon, accuracy, heading, speed, node)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    [(f.unit_id, f.at, f.lat, f.lon, f.accuracy, f.heading, f.speed, self.node) for f in pending])
-                await conn.executemany(
-                    "UPDATE units SET doc = doc || jsonb_build_object('position', jsonb_build_object('lat', $2::float8,"
-                    " 'lon', $3::float8), 'position_at', $4::text) WHERE id = $1"
-                    " AND (doc->>'position_at' IS NULL OR (doc->>'position_at')::timestamptz < $5)",
-                    [(f.unit_id, f.lat, f.lon, f.at.isoformat(), f.at) for f in sorted(latest.values(),
-                                                                                   key=lambda f: f.unit_id)])
+                    " SELECT u, a, la, lo, ac, h, sp, $8 FROM unnest($1::text[], $2::timestamptz[], $3::float8[],"
+                    " $4::float8[], $5::float8[], $6::float8[], $7::float8[]) AS f(u, a, la, lo, ac, h, sp)",
+                    [f.unit_id for f in pending], [f.at for f in pending], [f.lat for f in pending],
+                    [f.lon for f in pending], [f.accuracy for f in pending], [f.heading for f in pending],
+                    [f.speed for f in pending], self.node)
+                await conn.execute(
+                    "UPDATE units SET doc = units.doc || jsonb_build_object('position', jsonb_build_object("
+                    "'lat', f.la, 'lon', f.lo), 'position_at', f.at_text)"
+                    " FROM unnest($1::text[], $2::float8[], $3::float8[], $4::text[], $5::timestamptz[])"
+                    " AS f(id, la, lo, at_text, at)"
+                    " WHERE units.id = f.id"
+                    " AND (units.doc->>'position_at' IS NULL OR (units.doc->>'position_at')::timestamptz < f.at)",
+                    [f.unit_id for f in newest], [f.lat for f in newest], [f.lon for f in newest],
+                    [f.at.isoformat() for f in newest], [f.at for f in newest])
         except BaseException:
             self._pending = pending + self._pending  # keep them for the next round
             raise
