@@ -133,14 +133,13 @@ class IntakeService:
 
         Every intake transaction holds the correlation lock from its start, so no other node
         inserts alerts meanwhile: what the first read did not find is new."""
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", CORRELATION_LOCK_KEY)
-        now = datetime.now(UTC)
+        # The lock, then the read of repeats after it: one round trip (migration 0012).
         rows = await conn.fetch(
-            "SELECT a.source, a.identifier, a.id, a.incident_id FROM alerts a"
-            " JOIN unnest($1::text[], $2::text[]) AS k(s, i) ON a.source = k.s AND a.identifier = k.i",
-            [x.report.source for x in subs], [x.report.identifier for x in subs])
+            "SELECT seen_source, seen_identifier, alert_id, alert_incident FROM icp_alerts_seen_locked($1, $2, $3)",
+            CORRELATION_LOCK_KEY, [x.report.source for x in subs], [x.report.identifier for x in subs])
+        now = datetime.now(UTC)
         earlier: dict[tuple[str, str], tuple[str, str | None]] = {
-            (r["source"], r["identifier"]): (r["id"], r["incident_id"]) for r in rows}
+            (r["seen_source"], r["seen_identifier"]): (r["alert_id"], r["alert_incident"]) for r in rows}
         first: dict[tuple[str, str], int] = {}
         fresh: list[int] = []
         for n, sub in enumerate(subs):

@@ -236,15 +236,12 @@ async def append(
     encoded = [e if isinstance(e, _Encoded) else encode(e) for e in events]
     if not encoded:
         return []
-    # The head is read after the lock, so it sees the previous holder's; the same statement sends
-    # the wake-up with the seq this append will end at (NOTIFY is delivered at commit, wherever it
-    # is sent in the transaction).
-    await conn.execute(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
-    head = await conn.fetchrow(
-        "SELECT h.seq, h.hash, pg_notify($1, (coalesce(h.seq, 0) + $2)::text)"
-        " FROM (SELECT 1) AS one LEFT JOIN (SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1) AS h ON true",
-        EVENTS_CHANNEL, len(encoded))
-    seq, prev = (head["seq"], bytes(head["hash"])) if head["seq"] is not None else (0, GENESIS_HASH)
+    # One round trip (migration 0012): the lock, then the head read after it (so it sees the
+    # previous holder's), then the wake-up with the seq this append will end at (NOTIFY is
+    # delivered at commit, wherever it is sent in the transaction).
+    head = await conn.fetchrow("SELECT head_seq, head_hash FROM icp_event_head_locked($1, $2, $3)",
+                               APPEND_LOCK_KEY, EVENTS_CHANNEL, len(encoded))
+    seq, prev = (head["head_seq"], bytes(head["head_hash"])) if head["head_seq"] is not None else (0, GENESIS_HASH)
     at = now or datetime.now(UTC)
     at_text = format_at(at)
     records: list[tuple[Any, ...]] = []
