@@ -17,6 +17,7 @@ database (within the batch's transaction), so alerts of one batch see each other
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -243,6 +244,17 @@ class IntakeService:
         return AlertOutcome(alert_id, touched, "recorded", reason), staged
 
 
+def _box(point: Point, reach_m: float) -> tuple[float, float, float, float]:
+    """(lat0, lat1, lon0, lon1) holding everything within ``reach_m`` of ``point`` with room to
+    spare (correlation measures exactly), rounded outward to 1e-4 degrees so that the alerts of
+    one building share it."""
+    lat_span = reach_m * 1.1 / 111_000 + 0.0002
+    lon_span = lat_span / max(0.01, math.cos(math.radians(min(abs(point.lat) + lat_span, 89.9))))
+    q = 10_000
+    return (math.floor((point.lat - lat_span) * q) / q, math.ceil((point.lat + lat_span) * q) / q,
+            math.floor((point.lon - lon_span) * q) / q, math.ceil((point.lon + lon_span) * q) / q)
+
+
 class _Stale(RuntimeError):
     """An incident joined without its lock changed before the batch wrote (a dispatcher closed it
     or moved it to other agencies): the batch is rolled back and its alerts retried one by one."""
@@ -394,19 +406,27 @@ class _Batch:
         return staged
 
     async def _open_incidents(self) -> OpenIncidents:
-        """The open incidents any alert of this batch could join, read once (summary columns)."""
+        """The open incidents any alert of this batch could join, read once (summary columns):
+        for each alert, those of the types its kind joins, in a box as far around it as its kind
+        reaches (alerts of one place share a box). A batch spread over a city with thousands of
+        open incidents reads the few near its alerts, not all of them (the index on
+        (incident_type, lat, lon) of open incidents answers each box)."""
         if self.open is None:
-            located = [r.location for r in self.reports if r.location is not None]
-            reach = max([self.s.policy.default.radius_m, *(r.radius_m for r in self.s.policy.reach.values())])
-            lat_span = reach / 111_000 + 0.001
-            lon_span = lat_span * 3  # generous up to ~70° latitude; correlation measures exactly
+            policy, rules = self.s.policy, self.s.rules
+            boxes = sorted({(_box(r.location, policy.reach_of(r.kind).radius_m),
+                             ",".join(sorted(policy.compatible_types(r.kind, rules))))
+                            for r in self.reports if r.location is not None})
+            boxes = [b for b in boxes if b[1]]  # kinds that join nothing need no incidents
             rows = await self.conn.fetch(
-                "SELECT id, incident_type, lat, lon, created_at, priority, alert_count, last_alert_at, agency_ids"
-                " FROM incidents"
-                " WHERE status NOT IN ('closed', 'cancelled') AND lat BETWEEN $1 AND $2 AND lon BETWEEN $3 AND $4",
-                min(p.lat for p in located) - lat_span, max(p.lat for p in located) + lat_span,
-                min(p.lon for p in located) - lon_span, max(p.lon for p in located) + lon_span,
-            )
+                "SELECT DISTINCT ON (i.id) i.id, i.incident_type, i.lat, i.lon, i.created_at, i.priority,"
+                " i.alert_count, i.last_alert_at, i.agency_ids"
+                " FROM unnest($1::float8[], $2::float8[], $3::float8[], $4::float8[], $5::text[])"
+                "   AS b(lat0, lat1, lon0, lon1, types)"
+                " JOIN LATERAL (SELECT * FROM incidents WHERE status NOT IN ('closed', 'cancelled')"
+                "   AND incident_type = ANY(string_to_array(b.types, ','))"
+                "   AND lat BETWEEN b.lat0 AND b.lat1 AND lon BETWEEN b.lon0 AND b.lon1) AS i ON true",
+                [b[0][0] for b in boxes], [b[0][1] for b in boxes], [b[0][2] for b in boxes],
+                [b[0][3] for b in boxes], [b[1] for b in boxes]) if boxes else []
             self.open = OpenIncidents(self.s.open_incident(r) for r in rows)
             for r in rows:
                 self.agencies.setdefault(r["id"], list(r["agency_ids"]))

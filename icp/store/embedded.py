@@ -232,6 +232,10 @@ class EmbeddedCluster:
                 "shared_buffers = 128MB\n"
                 "fsync = on\n"
                 "synchronous_commit = on\n"
+                # A new 16 MB WAL segment is not zero-filled first (only its last byte is
+                # written): filling and syncing it stalled every commit waiting behind it for
+                # ~50 ms under sustained intake. Commits still fsync every WAL write.
+                "wal_init_zero = off\n"
                 "log_min_messages = warning\n"
             )
 
