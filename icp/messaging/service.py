@@ -332,10 +332,14 @@ class MessagingService:
         a channel the member belongs to are noted; of one it has left (or this node does not know),
         only as far as this connection was sent messages in it; the rest are ignored."""
         confirmed, ignored = 0, []
-        head = self.feed.head  # nothing beyond what this node has delivered can have been received
+        head = self.feed.head
         for entry in receipts:
             channel_id = entry["channel"]
-            delivered, read = min(entry.get("delivered", 0), head), min(entry.get("read", 0), head)
+            # Nothing beyond what this node has handed out can have been received: what its feed
+            # has delivered, or what this connection's catch-up sent (read from the database, it
+            # can be ahead of the feed for a moment).
+            limit = max(head, sub.seen.get(channel_id, 0))
+            delivered, read = min(entry.get("delivered", 0), limit), min(entry.get("read", 0), limit)
             channel = self.hub.channel_now(channel_id)
             if channel is None or not can_read(channel, sub.member):
                 seen = sub.seen.get(channel_id)
