@@ -51,16 +51,9 @@ def _normalise(value: Any) -> Any:
     if kind is str or kind is int or kind is bool or value is None:
         return value
     if kind is dict:
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise EventError(f"event data keys must be strings, got {type(key).__name__}")
-            out[key] = _normalise(item)
-        return out
+        return _normalise_mapping(value)
     if kind is list or kind is tuple:
         return [_normalise(item) for item in value]
-    if isinstance(value, (bool, str, int)):
-        return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise EventError("event data must not contain NaN or infinity")
@@ -69,16 +62,22 @@ def _normalise(value: Any) -> Any:
             # must not hash differently from the float that produced it.
             return int(Decimal(repr(value)))
         return value
+    if isinstance(value, (bool, str, int)):  # subclasses (an enum of strings, say)
+        return value
     if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise EventError(f"event data keys must be strings, got {type(key).__name__}")
-            out[key] = _normalise(item)
-        return out
+        return _normalise_mapping(value)
     if isinstance(value, (list, tuple)):
         return [_normalise(item) for item in value]
     raise EventError(f"event data must be JSON values, got {type(value).__name__}")
+
+
+def _normalise_mapping(value: Mapping[Any, Any]) -> dict[str, Any]:
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise EventError(f"event data keys must be strings, got {type(key).__name__}")
+        out[key] = _normalise(item)
+    return out
 
 
 def canonical_json(value: Any) -> str:
