@@ -118,14 +118,12 @@ class MessageWriter:
     async def _commit(self, batch: list[Outgoing]) -> None:
         answers: list[tuple[Outgoing, Written | Exception]] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            # The append lock is taken first, in the same statement as the look-up: that must see
-            # every send committed before this one.
+            # The append lock is taken first, then the look-up, which must see every send
+            # committed before this one: one round trip (migration 0013).
             rows = await conn.fetch(
-                "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($3))"
-                " SELECT m.seq, m.channel_id, m.sender, m.client_id, m.request_hash, m.at FROM locked, messages m"
-                " JOIN unnest($1::text[], $2::text[]) AS k(sender, client_id)"
-                " ON m.sender = k.sender AND m.client_id = k.client_id",
-                [o.sender for o in batch], [o.client_id for o in batch], eventlog.APPEND_LOCK_KEY)
+                "SELECT m_seq AS seq, m_channel_id AS channel_id, m_sender AS sender, m_client_id AS client_id,"
+                " m_request_hash AS request_hash, m_at AS at FROM icp_messages_seen_locked($1, $2, $3)",
+                eventlog.APPEND_LOCK_KEY, [o.sender for o in batch], [o.client_id for o in batch])
             known = {(r["sender"], r["client_id"]): r for r in rows}
             fresh: list[Outgoing] = []
             first: dict[tuple[str, str], Outgoing] = {}
