@@ -74,6 +74,20 @@ async def gather_limited(n: int, coros: list[Any]) -> list[Any]:
     return await asyncio.gather(*(run(c) for c in coros))
 
 
+async def unit_tokens(admin: Api, agency: str, ids: list[str], *, concurrency: int = 16,
+                      staffing: int = 4) -> list[str]:
+    """Create the units ``ids`` (engines of ``agency``) and a unit token for each, in order."""
+
+    async def make(unit_id: str) -> str:
+        await admin.call("POST", "/api/v1/units", {"id": unit_id, "call_sign": unit_id, "agency_id": agency,
+                                                   "capabilities": ["ENGINE"], "staffing": staffing})
+        issued = await admin.call("POST", "/api/v1/tokens", {"role": "unit", "agency": agency, "unit": unit_id,
+                                                             "name": f"bench {unit_id}"})
+        return str(issued["token"])
+
+    return list(await gather_limited(concurrency, [make(u) for u in ids]))
+
+
 class Server:
     """One `icp serve` node with its own embedded PostgreSQL in a private data directory (outside
     private home folders), started for a benchmark and removed after it. ``settings`` are ICP_*

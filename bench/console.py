@@ -34,7 +34,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Api, Server, gather_limited
+from bench.common import Api, Server, unit_tokens
 from bench.gateway import Workers
 from dispatch.intervals import percentile
 from icp.resources import resource_dir
@@ -65,18 +65,7 @@ def prepare(data: Path) -> None:
 async def setup(server: Server, args: argparse.Namespace, http: aiohttp.ClientSession) -> list[str]:
     admin = Api(http, server.base, server.admin)
     await admin.call("POST", "/api/v1/agencies", {"id": AGENCY, "name": "Bench Fire", "kind": "fire"})
-    units = [f"U{i:04d}" for i in range(args.units)]
-
-    async def unit(uid: str) -> None:
-        await admin.call("POST", "/api/v1/units", {"id": uid, "call_sign": uid, "agency_id": AGENCY,
-                                                   "capabilities": ["ENGINE"], "staffing": 4})
-
-    async def token(uid: str) -> str:
-        body = {"role": "unit", "agency": AGENCY, "unit": uid, "name": f"bench {uid}"}
-        return str((await admin.call("POST", "/api/v1/tokens", body))["token"])
-
-    await gather_limited(16, [unit(u) for u in units])
-    tokens = await gather_limited(16, [token(u) for u in units])
+    tokens = await unit_tokens(admin, AGENCY, [f"U{i:04d}" for i in range(args.units)])
     await asyncio.to_thread(
         subprocess.run, [*server.icp, "user", "create", "--username", "bench", "--role", "dispatcher", "--agency",
                          AGENCY, "--password-stdin"], input=PASSWORD, env=server.env, text=True, check=True,

@@ -42,7 +42,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Api, Server, gather_limited
+from bench.common import Api, Server, gather_limited, unit_tokens
 from bench.gateway import CpuMeter, machine, ms_summary, settle
 
 AGENCY = "bench"
@@ -175,14 +175,7 @@ def _split(items: list[Any], n: int, *, even: bool = False) -> list[list[Any]]:
 
 async def _units(api: Api, prefix: str, n: int) -> tuple[list[str], list[str]]:
     ids = [f"{prefix}{i}" for i in range(n)]
-
-    async def make(unit_id: str) -> str:
-        await api.call("POST", "/api/v1/units", {"id": unit_id, "call_sign": unit_id, "agency_id": AGENCY,
-                                                  "capabilities": ["ENGINE"], "staffing": 2})
-        issued = await api.call("POST", "/api/v1/tokens", {"role": "unit", "agency": AGENCY, "unit": unit_id})
-        return str(issued["token"])
-
-    return ids, list(await gather_limited(8, [make(u) for u in ids]))
+    return ids, await unit_tokens(api, AGENCY, ids, concurrency=8, staffing=2)
 
 
 async def talkgroup(server: Server, api: Api, listeners: int, seconds: float, workers: int, tag: str

@@ -40,7 +40,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Api, Server, gather_limited
+from bench.common import Api, Server, gather_limited, unit_tokens
 from bench.gateway import CpuMeter, Workers, machine, ms_summary, settle
 from bench.gateway_worker import Conn, raise_nofile, serve_commands
 from bench.gateway_worker import Worker as ConnectionWorker
@@ -174,14 +174,6 @@ async def setup(args: argparse.Namespace, server: Server, http: aiohttp.ClientSe
         "role": "dispatcher", "agency": AGENCY, "name": "bench dispatcher"}))["token"]))
     units = [f"U{c:03d}-{m:02d}" for c in range(args.channels) for m in range(args.members)]
 
-    async def unit(uid: str) -> None:
-        await admin.call("POST", "/api/v1/units", {"id": uid, "call_sign": uid, "agency_id": AGENCY,
-                                                   "capabilities": ["ENGINE"], "staffing": 4})
-
-    async def token(uid: str) -> str:
-        body = {"role": "unit", "agency": AGENCY, "unit": uid, "name": f"bench {uid}"}
-        return str((await admin.call("POST", "/api/v1/tokens", body))["token"])
-
     async def incident(c: int) -> str:
         created = await dispatcher.call("POST", "/api/v1/incidents", {
             "type": "structure_fire", "priority": 2, "location": {"lat": 60.15 + c * 1e-4, "lon": 24.9},
@@ -190,8 +182,7 @@ async def setup(args: argparse.Namespace, server: Server, http: aiohttp.ClientSe
         await dispatcher.call("POST", f"/api/v1/incidents/{created['id']}/assignments", {"units": members})
         return str(created["id"])
 
-    await gather_limited(args.rest_concurrency, [unit(u) for u in units])
-    tokens = await gather_limited(args.rest_concurrency, [token(u) for u in units])
+    tokens = await unit_tokens(admin, AGENCY, units, concurrency=args.rest_concurrency)
     incidents = await gather_limited(8, [incident(c) for c in range(args.channels)])
     channel_of = {u: f"incident:{incidents[i // args.members]}" for i, u in enumerate(units)}
     return units, tokens, channel_of, {"units": len(units), "incidents": len(incidents),
