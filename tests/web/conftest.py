@@ -141,15 +141,20 @@ def demo(demo_data: tuple[str, Path]) -> Iterator[DemoServer]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def launch_chromium(args: list[str]) -> Iterator[Any]:
+    """Debian's Chromium through Playwright with these flags, closed after the module's tests."""
     _need_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=args)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    yield from launch_chromium(["--no-sandbox", "--disable-gpu"])
 
 
 def login(browser: Any, url: str, username: str = "dispatcher", **context_options: Any) -> Any:

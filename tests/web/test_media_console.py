@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.process import free_port
-from tests.web.conftest import CHROMIUM, DemoServer, _need_browser, login, screenshot_dir, start_demo
+from tests.web.conftest import DemoServer, _need_browser, launch_chromium, login, screenshot_dir, start_demo
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
@@ -81,13 +81,7 @@ def demo(demo_data: tuple[str, Path]) -> Iterator[DemoServer]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    _need_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=MEDIA_ARGS)
-        yield chromium
-        chromium.close()
+    yield from launch_chromium(MEDIA_ARGS)
 
 
 @pytest.fixture(scope="module")

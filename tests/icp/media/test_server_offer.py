@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -17,10 +18,16 @@ from tests.icp.test_dispatch_api import City
 pytestmark = pytest.mark.slow
 
 
-async def test_a_unit_answers_the_servers_offer_and_hears_its_incidents_talkgroup(city: City) -> None:
+async def fire_with_e1(city: City) -> dict[str, Any]:
+    """A priority-1 structure fire with E1 dispatched to it."""
     incident = await city.incident("structure_fire", priority=1)
     await city.call("POST", f"/api/v1/incidents/{incident['id']}/assignments", city.tokens["hki-fire"],
                     json={"units": ["E1"]})
+    return incident
+
+
+async def test_a_unit_answers_the_servers_offer_and_hears_its_incidents_talkgroup(city: City) -> None:
+    incident = await fire_with_e1(city)
     room = f"incident:{incident['id']}"
     async with unit(city, "E1") as e1, dispatcher(city) as desk:
         offered = await e1.request("rtc.join", room=room)
@@ -51,9 +58,7 @@ async def test_a_unit_answers_the_servers_offer_and_hears_its_incidents_talkgrou
 
 
 async def test_only_dispatchers_choose_a_conferences_video(city: City) -> None:
-    incident = await city.incident("structure_fire", priority=1)
-    await city.call("POST", f"/api/v1/incidents/{incident['id']}/assignments", city.tokens["hki-fire"],
-                    json={"units": ["E1"]})
+    incident = await fire_with_e1(city)
     room = f"conference:{incident['id']}"
     async with unit(city, "E1") as e1, dispatcher(city) as desk:
         await asyncio.gather(e1.join(room, audio=ToneTrack()), desk.join(room, audio=ToneTrack(), video=True))
