@@ -42,6 +42,11 @@ def incident_from(doc: Mapping[str, Any]) -> Incident:
     return codec.decode(Incident, doc)
 
 
+# An incident's document as stored lacks its alert list (rows of incident_alerts, migration 0014):
+# every read of a document for `incident_from` selects this in place of the bare column.
+INCIDENT_DOC = "icp_incident_doc(id, doc) AS doc"
+
+
 def assignment_from(doc: Mapping[str, Any]) -> Assignment:
     return codec.decode(Assignment, doc)
 
@@ -73,7 +78,8 @@ async def lock(
     if incident_only:
         held = Locked()
         for row in await conn.fetch(
-            "SELECT id, agency_ids, doc FROM incidents WHERE id = ANY($1) ORDER BY id FOR UPDATE", sorted(incidents)
+            f"SELECT id, agency_ids, {INCIDENT_DOC} FROM incidents WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            sorted(incidents)
         ):
             held.incidents[row["id"]] = incident_from(row["doc"])
             held.incident_agencies[row["id"]] = list(row["agency_ids"])
@@ -86,7 +92,7 @@ async def lock(
         want_incidents, want_units = await _closure(conn, incidents, units)
         held = Locked()
         for row in await conn.fetch(
-            "SELECT id, agency_ids, doc FROM incidents WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            f"SELECT id, agency_ids, {INCIDENT_DOC} FROM incidents WHERE id = ANY($1) ORDER BY id FOR UPDATE",
             sorted(want_incidents),
         ):
             held.incidents[row["id"]] = incident_from(row["doc"])
@@ -128,7 +134,7 @@ async def _closure(conn: asyncpg.Connection, incidents: set[str], units: set[str
 def _incident_row(incident: Incident, agency_ids: Sequence[str]) -> tuple[Any, ...]:
     return (incident.id, str(incident.number), incident.status.value, incident.incident_type, incident.priority,
             sorted(set(agency_ids)), incident.location.lat, incident.location.lon, incident.created_at,
-            codec.encode_fields(incident), len(incident.alert_ids))
+            codec.encode_fields(incident), list(incident.alert_ids))
 
 
 async def save_incident(conn: asyncpg.Connection, incident: Incident, agency_ids: Sequence[str]) -> None:
@@ -136,13 +142,10 @@ async def save_incident(conn: asyncpg.Connection, incident: Incident, agency_ids
 
 
 async def save_incidents(conn: asyncpg.Connection, items: Sequence[tuple[Incident, Sequence[str]]]) -> None:
-    """Upsert incidents (one pipelined round trip for many)."""
+    """Upsert incidents, and the alerts of their lists not stored yet (one pipelined round trip
+    for many; migration 0014)."""
     await conn.executemany(
-        "INSERT INTO incidents (id, number, status, incident_type, priority, agency_ids, lat, lon, created_at, doc,"
-        " alert_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, incident_type = EXCLUDED.incident_type,"
-        " priority = EXCLUDED.priority, agency_ids = EXCLUDED.agency_ids, lat = EXCLUDED.lat, lon = EXCLUDED.lon,"
-        " doc = EXCLUDED.doc, alert_count = EXCLUDED.alert_count, updated_at = now()",
+        "SELECT icp_save_incident($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         [_incident_row(incident, agencies) for incident, agencies in items],
     )
 
@@ -220,7 +223,7 @@ async def load_open(conn: Connection) -> tuple[list[Unit], list[Incident], list[
     units = [unit_from(r["doc"]) for r in await conn.fetch("SELECT doc FROM units ORDER BY id")]
     open_statuses = sorted(s.value for s in OPEN_INCIDENT)
     rows = await conn.fetch(
-        "SELECT id, agency_ids, doc FROM incidents WHERE status = ANY($1)"
+        f"SELECT id, agency_ids, {INCIDENT_DOC} FROM incidents WHERE status = ANY($1)"
         " OR id IN (SELECT a.incident_id FROM units u JOIN assignments a ON a.id = u.doc->>'assignment_id')",
         open_statuses,
     )

@@ -56,7 +56,8 @@ def incident_view(incident: Incident, agency_ids: Sequence[str], assignments: Se
 
 async def _load(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, incident_id: str
                 ) -> tuple[Incident, list[str], list[Any]]:
-    row = await conn.fetchrow("SELECT agency_ids, doc FROM incidents WHERE id = $1", incident_id)
+    row = await conn.fetchrow(f"SELECT agency_ids, {store.INCIDENT_DOC} FROM incidents WHERE id = $1",
+                              incident_id)
     if row is None or not sees_incident(who, row["agency_ids"]):
         raise not_found(f"incident {incident_id}")  # another agency's incident does not exist for you
     assignments = [store.assignment_from(r["doc"]) for r in
@@ -176,8 +177,10 @@ async def list_incidents(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 100, lo=1, hi=500)
     where = " AND ".join(conditions) or "TRUE"
     pool = request.app[appkeys.POOL]
-    rows = await pool.fetch(f"SELECT agency_ids, doc FROM incidents WHERE {where} ORDER BY priority, created_at DESC"
-                            f" LIMIT {arg(limit)}", *args)
+    # The page is chosen first: only its incidents have their alert lists put back.
+    rows = await pool.fetch(f"SELECT agency_ids, {store.INCIDENT_DOC} FROM (SELECT id, agency_ids, doc, priority,"
+                            f" created_at FROM incidents WHERE {where} ORDER BY priority, created_at DESC"
+                            f" LIMIT {arg(limit)}) AS page ORDER BY priority, created_at DESC", *args)
     ids = [r["doc"]["id"] for r in rows]
     assignments: dict[str, list[Any]] = {i: [] for i in ids}
     for r in await pool.fetch("SELECT incident_id, doc FROM assignments WHERE incident_id = ANY($1) ORDER BY id", ids):

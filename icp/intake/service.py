@@ -380,8 +380,8 @@ class _Batch:
     async def _apply(self, incident_id: str, commands: list[cmd.Command], who: Principal) -> list[NewEvent]:
         """Run incident-only commands on the batch's copy of the incident (pure core, no I/O)."""
         if incident_id not in self.incidents and not isinstance(commands[0], cmd.CreateIncident):
-            row = await self.conn.fetchrow("SELECT agency_ids, doc FROM incidents WHERE id = $1 FOR UPDATE",
-                                           incident_id)
+            row = await self.conn.fetchrow(
+                f"SELECT agency_ids, {store.INCIDENT_DOC} FROM incidents WHERE id = $1 FOR UPDATE", incident_id)
             if row is None:
                 raise _Stale(f"incident {incident_id} is gone")
             incident = store.incident_from(row["doc"])
@@ -449,21 +449,23 @@ class _Batch:
         self.numbers_taken = False
 
     async def _touch_incidents(self) -> None:
-        """Every incident alerts joined: its last alert time, and the light links appended to its
-        document in order (the alert count follows the document's list)."""
+        """Every incident alerts joined: its last alert time and alert count, and the light links
+        added to its alert list in order (rows of incident_alerts after those stored)."""
         ids = sorted(self.last_alert)
         links = [(i, e.alert_id) for i, events in self.linked.items() for e in events]
         rows = await self.conn.fetch(
-            "WITH l AS (SELECT inc, jsonb_agg(aid ORDER BY n) AS ids, count(*) AS c"
-            " FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS l(inc, aid, n) GROUP BY inc),"
-            " u AS (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at))"
-            " UPDATE incidents i SET last_alert_at = greatest(i.last_alert_at, u.at),"
-            " doc = CASE WHEN l.ids IS NULL THEN i.doc"
-            " ELSE jsonb_set(i.doc, '{alert_ids}', coalesce(i.doc->'alert_ids', '[]') || l.ids) END,"
-            " alert_count = i.alert_count + coalesce(l.c, 0),"
-            " updated_at = CASE WHEN l.ids IS NULL THEN i.updated_at ELSE now() END"
-            " FROM u LEFT JOIN l ON l.inc = u.id"
-            " WHERE i.id = u.id RETURNING i.id, i.status, i.agency_ids",
+            "WITH l AS (SELECT inc, aid, n FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS l(inc, aid, n)),"
+            " c AS (SELECT inc, count(*)::integer AS c FROM l GROUP BY inc),"
+            " u AS (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)),"
+            " t AS (UPDATE incidents i SET last_alert_at = greatest(i.last_alert_at, u.at),"
+            "   alert_count = i.alert_count + coalesce(c.c, 0),"
+            "   updated_at = CASE WHEN c.c IS NULL THEN i.updated_at ELSE now() END"
+            "   FROM u LEFT JOIN c ON c.inc = u.id WHERE i.id = u.id"
+            "   RETURNING i.id, i.status, i.agency_ids, i.alert_count - coalesce(c.c, 0) AS stored),"
+            " a AS (INSERT INTO incident_alerts (incident_id, n, alert_id)"
+            "   SELECT l.inc, t.stored + row_number() OVER (PARTITION BY l.inc ORDER BY l.n), l.aid"
+            "   FROM l JOIN t ON t.id = l.inc)"
+            " SELECT id, status, agency_ids FROM t",
             ids, [self.last_alert[i] for i in ids], [i for i, _ in links], [a for _, a in links])
         found = {r["id"]: r for r in rows}
         for incident_id in self.linked:

@@ -19,7 +19,7 @@ def incident_views(live: LivePicture, sender: str) -> IncidentView:
         state = live.state
         if incident_id in state.incidents:
             return state_eido(state, incident_id, sender=sender, updated_at=at)
-        doc = await conn.fetchval("SELECT doc FROM incidents WHERE id = $1", incident_id)
+        doc = await conn.fetchval(f"SELECT {store.INCIDENT_DOC} FROM incidents WHERE id = $1", incident_id)
         if doc is None:
             return None
         rows = await conn.fetch("SELECT doc FROM assignments WHERE incident_id = $1", incident_id)

@@ -55,10 +55,13 @@ async def test_links_before_and_after_an_escalation_in_one_batch(client: TestCli
 
     conn = await asyncpg.connect(db_url)
     try:
-        row = await conn.fetchrow("SELECT doc::text AS doc, alert_count, incident_type, priority, last_alert_at"
+        row = await conn.fetchrow("SELECT icp_incident_doc(id, doc)::text AS doc, doc ? 'alert_ids' AS inline,"
+                                  " alert_count, incident_type, priority, last_alert_at"
                                   " FROM incidents WHERE id = $1", incident_id)
         doc = json.loads(row["doc"])
-        assert doc["alert_ids"] == ids
+        assert doc["alert_ids"] == ids and not row["inline"]  # the list is rows, not part of the stored document
+        assert [r["n"] for r in await conn.fetch("SELECT n FROM incident_alerts WHERE incident_id = $1 ORDER BY n",
+                                                 incident_id)] == list(range(1, 7))
         assert row["alert_count"] == 6 and row["incident_type"] == "structure_fire" and row["priority"] == 2
         assert doc["incident_type"] == "structure_fire" and doc["priority"] == 2
         assert row["last_alert_at"] is not None
