@@ -96,11 +96,11 @@ async def _event_feed(app: web.Application) -> AsyncIterator[None]:
     await feed.start()
     app[appkeys.FEED] = feed
     committer = app[appkeys.COMMITTER]
-    committer.on_recorded = feed.offer
+    committer.on_recorded, committer.on_appended = feed.offer, feed.expect
     try:
         yield
     finally:
-        committer.on_recorded = None
+        committer.on_recorded, committer.on_appended = None, None
         await feed.stop()
 
 

@@ -113,6 +113,20 @@ class IntakeService:
         self._open_seen[row["id"]] = (key, incident)
         return incident
 
+    def _boxes(self, reports: list[AlertReport]) -> list[list[Any]]:
+        """Where correlation looks for the reports' open incidents, as the columns of
+        icp_open_incidents_near: for each alert, a box as far around it as its kind reaches, with
+        the types its kind joins (alerts of one place share a box; kinds that join nothing need
+        none). A batch spread over a city with thousands of open incidents reads the few near its
+        alerts, not all of them."""
+        policy, rules = self.policy, self.rules
+        boxes = sorted({(_box(r.location, policy.reach_of(r.kind).radius_m),
+                         ",".join(sorted(policy.compatible_types(r.kind, rules))))
+                        for r in reports if r.location is not None})
+        boxes = [b for b in boxes if b[1]]
+        return [[b[0][0] for b in boxes], [b[0][1] for b in boxes], [b[0][2] for b in boxes],
+                [b[0][3] for b in boxes], [b[1] for b in boxes]]
+
     async def accept(self, report: AlertReport, raw: bytes, content_type: str, who: Principal) -> AlertOutcome:
         """Record one alert; return once it is durable (or was already)."""
         result, _ = await self.committer.submit_batched(self._record_many,
@@ -134,13 +148,16 @@ class IntakeService:
 
         Every intake transaction holds the correlation lock from its start, so no other node
         inserts alerts meanwhile: what the first read did not find is new."""
-        # The lock, then the read of repeats after it: one round trip (migration 0012).
+        # The lock, then the reads after it of the repeats and of the open incidents the alerts
+        # could join: one round trip (migration 0016).
         rows = await conn.fetch(
-            "SELECT seen_source, seen_identifier, alert_id, alert_incident FROM icp_alerts_seen_locked($1, $2, $3)",
-            CORRELATION_LOCK_KEY, [x.report.source for x in subs], [x.report.identifier for x in subs])
+            "SELECT * FROM icp_intake_read_locked($1, $2, $3, $4, $5, $6, $7, $8)", CORRELATION_LOCK_KEY,
+            [x.report.source for x in subs], [x.report.identifier for x in subs],
+            *self._boxes([x.report for x in subs]))
         now = datetime.now(UTC)
         earlier: dict[tuple[str, str], tuple[str, str | None]] = {
-            (r["seen_source"], r["seen_identifier"]): (r["alert_id"], r["alert_incident"]) for r in rows}
+            (r["seen_source"], r["seen_identifier"]): (r["alert_id"], r["alert_incident"])
+            for r in rows if r["seen_source"] is not None}
         first: dict[tuple[str, str], int] = {}
         fresh: list[int] = []
         for n, sub in enumerate(subs):
@@ -149,6 +166,7 @@ class IntakeService:
                 first[key] = n
                 fresh.append(n)
         batch = _Batch(self, conn, now, [subs[n].report for n in fresh])
+        batch.opened([r for r in rows if r["seen_source"] is None])
         results: list[Staged[AlertOutcome] | None] = [None] * len(subs)
         randomness = os.urandom(10 * len(fresh)).hex()  # one call for the batch's alert ids
         for k, n in enumerate(fresh):
@@ -405,56 +423,45 @@ class _Batch:
         self.dirty.add(incident_id)
         return staged
 
+    def opened(self, rows: list[asyncpg.Record]) -> None:
+        """The open incidents any alert of this batch could join (read with the lock)."""
+        self.open = OpenIncidents(self.s.open_incident(r) for r in rows)
+        for r in rows:
+            self.agencies.setdefault(r["id"], list(r["agency_ids"]))
+
     async def _open_incidents(self) -> OpenIncidents:
-        """The open incidents any alert of this batch could join, read once (summary columns):
-        for each alert, those of the types its kind joins, in a box as far around it as its kind
-        reaches (alerts of one place share a box). A batch spread over a city with thousands of
-        open incidents reads the few near its alerts, not all of them (the index on
-        (incident_type, lat, lon) of open incidents answers each box)."""
+        """The open incidents as this batch has left them; read again after a CAP Update or Cancel
+        wrote through the per-alert path."""
         if self.open is None:
-            policy, rules = self.s.policy, self.s.rules
-            boxes = sorted({(_box(r.location, policy.reach_of(r.kind).radius_m),
-                             ",".join(sorted(policy.compatible_types(r.kind, rules))))
-                            for r in self.reports if r.location is not None})
-            boxes = [b for b in boxes if b[1]]  # kinds that join nothing need no incidents
-            rows = await self.conn.fetch(
-                "SELECT DISTINCT ON (i.id) i.id, i.incident_type, i.lat, i.lon, i.created_at, i.priority,"
-                " i.alert_count, i.last_alert_at, i.agency_ids"
-                " FROM unnest($1::float8[], $2::float8[], $3::float8[], $4::float8[], $5::text[])"
-                "   AS b(lat0, lat1, lon0, lon1, types)"
-                " JOIN LATERAL (SELECT * FROM incidents WHERE status NOT IN ('closed', 'cancelled')"
-                "   AND incident_type = ANY(string_to_array(b.types, ','))"
-                "   AND lat BETWEEN b.lat0 AND b.lat1 AND lon BETWEEN b.lon0 AND b.lon1) AS i ON true",
-                [b[0][0] for b in boxes], [b[0][1] for b in boxes], [b[0][2] for b in boxes],
-                [b[0][3] for b in boxes], [b[1] for b in boxes]) if boxes else []
-            self.open = OpenIncidents(self.s.open_incident(r) for r in rows)
-            for r in rows:
-                self.agencies.setdefault(r["id"], list(r["agency_ids"]))
+            self.opened(await self.conn.fetch("SELECT * FROM icp_open_incidents_near($1, $2, $3, $4, $5)",
+                                              *self.s._boxes(self.reports)))
+        assert self.open is not None
         return self.open
 
     async def flush(self) -> None:
         conn = self.conn
-        if self.numbers_taken:
-            await conn.execute("UPDATE incident_numbers SET last = $2 WHERE year = $1", self.now.year,
-                               self.last_number)
         if self.dirty:
             await store.save_incidents(conn, [(self.incidents[i], self.agencies[i]) for i in sorted(self.dirty)])
-        if self.last_alert:
-            await self._touch_incidents()
-        if self.rows:
-            await self._insert_alerts()
+        if self.last_alert or self.rows or self.numbers_taken:
+            await self._write()
         for kind, ref, due in self.timers:
             await store.set_timer(conn, kind, ref, due)
         self.dirty, self.linked, self.rows, self.last_alert, self.timers = set(), {}, [], {}, []
         self.numbers_taken = False
 
-    async def _touch_incidents(self) -> None:
-        """Every incident alerts joined: its last alert time and alert count, and the light links
-        added to its alert list in order (rows of incident_alerts after those stored)."""
+    async def _write(self) -> None:
+        """One statement (after the incidents this batch opened or changed are saved): the
+        year's incident counter as far as the batch took it; every incident alerts joined, its
+        last alert time and alert count, and the light links added to its alert list in order
+        (rows of incident_alerts after those stored); and each alert, inserted once with where
+        it went. Then the checks that the incidents joined without their lock are still open and
+        still belong to the same agencies."""
         ids = sorted(self.last_alert)
         links = [(i, e.alert_id) for i, events in self.linked.items() for e in events]
-        rows = await self.conn.fetch(
-            "WITH l AS (SELECT inc, aid, n FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS l(inc, aid, n)),"
+        rows = self.rows
+        result = await self.conn.fetch(
+            "WITH num AS (UPDATE incident_numbers SET last = $6 WHERE year = $5 AND $6::integer IS NOT NULL),"
+            " l AS (SELECT inc, aid, n FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS l(inc, aid, n)),"
             " c AS (SELECT inc, count(*)::integer AS c FROM l GROUP BY inc),"
             " u AS (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)),"
             " t AS (UPDATE incidents i SET last_alert_at = greatest(i.last_alert_at, u.at),"
@@ -464,30 +471,20 @@ class _Batch:
             "   RETURNING i.id, i.status, i.agency_ids, i.alert_count - coalesce(c.c, 0) AS stored),"
             " a AS (INSERT INTO incident_alerts (incident_id, n, alert_id)"
             "   SELECT l.inc, t.stored + row_number() OVER (PARTITION BY l.inc ORDER BY l.n), l.aid"
-            "   FROM l JOIN t ON t.id = l.inc)"
-            " SELECT id, status, agency_ids FROM t",
-            ids, [self.last_alert[i] for i in ids], [i for i, _ in links], [a for _, a in links])
-        found = {r["id"]: r for r in rows}
-        for incident_id in self.linked:
-            row = found.get(incident_id)
-            if row is None or row["status"] not in _OPEN_STATUSES:
-                raise _Stale(f"incident {incident_id} closed while alerts joined it")
-            INCIDENT.next(IncidentStatus(row["status"]), "link_alert", command="link_alert", subject=incident_id)
-            if list(row["agency_ids"]) != self.agencies[incident_id]:
-                raise _Stale(f"incident {incident_id} changed agencies while alerts joined it")
-
-    async def _insert_alerts(self) -> None:
-        rows = self.rows
-        inserted = await self.conn.fetch(
-            "INSERT INTO alerts (id, source, identifier, kind, msg_type, status, sent, received_at, lat, lon,"
-            " incident_id, outcome, report, raw, content_type, principal)"
-            " SELECT id, s, i, k, m, st, sent, $8, lat, lon, inc, o, report::jsonb,"
-            " coalesce(raw, convert_to(report, 'UTF8')), ct, who"
-            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
-            " $7::timestamptz[], $9::float8[], $10::float8[], $11::text[], $12::text[], $13::text[], $14::bytea[],"
-            " $15::text[], $16::text[])"
-            " AS u(id, s, i, k, m, st, sent, lat, lon, inc, o, report, raw, ct, who)"
-            " ON CONFLICT (source, identifier) DO NOTHING RETURNING id",
+            "   FROM l JOIN t ON t.id = l.inc),"
+            " ins AS (INSERT INTO alerts (id, source, identifier, kind, msg_type, status, sent, received_at, lat, lon,"
+            "   incident_id, outcome, report, raw, content_type, principal)"
+            "   SELECT id, s, i, k, m, st, sent, $14, lat, lon, inc, o, report::jsonb,"
+            "   coalesce(raw, convert_to(report, 'UTF8')), ct, who"
+            "   FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],"
+            "   $13::timestamptz[], $15::float8[], $16::float8[], $17::text[], $18::text[], $19::text[], $20::bytea[],"
+            "   $21::text[], $22::text[])"
+            "   AS u(id, s, i, k, m, st, sent, lat, lon, inc, o, report, raw, ct, who)"
+            "   ON CONFLICT (source, identifier) DO NOTHING RETURNING 1)"
+            " SELECT id, status, agency_ids, NULL::bigint AS inserted FROM t"
+            " UNION ALL SELECT NULL, NULL, NULL, count(*) FROM ins",
+            ids, [self.last_alert[i] for i in ids], [i for i, _ in links], [a for _, a in links],
+            self.now.year, self.last_number if self.numbers_taken else None,
             [r[0] for r in rows], [r[1].report.source for r in rows], [r[1].report.identifier for r in rows],
             [r[1].report.kind.value for r in rows], [r[1].report.msg_type.value for r in rows],
             [r[1].report.status.value for r in rows], [r[1].report.sent for r in rows], self.now,
@@ -497,5 +494,14 @@ class _Batch:
             [r[1].raw for r in rows], [r[1].content_type for r in rows],
             [f"{r[1].who.kind}:{r[1].who.id}" for r in rows],
         )
-        if len(inserted) != len(rows):  # cannot happen while intake holds the correlation lock
+        found = {r["id"]: r for r in result if r["id"] is not None}
+        for incident_id in self.linked:
+            row = found.get(incident_id)
+            if row is None or row["status"] not in _OPEN_STATUSES:
+                raise _Stale(f"incident {incident_id} closed while alerts joined it")
+            INCIDENT.next(IncidentStatus(row["status"]), "link_alert", command="link_alert", subject=incident_id)
+            if list(row["agency_ids"]) != self.agencies[incident_id]:
+                raise _Stale(f"incident {incident_id} changed agencies while alerts joined it")
+        inserted = sum(r["inserted"] for r in result if r["id"] is None)
+        if inserted != len(rows):  # cannot happen while intake holds the correlation lock
             raise _Stale("an alert of this batch was inserted meanwhile")

@@ -63,6 +63,7 @@ class EventFeed:
         self._tasks: list[asyncio.Task[None]] = []
         self._advanced = asyncio.Condition()
         self.head = 0  # the highest seq handed to subscribers
+        self._expected = 0  # the seq this node's committing append ends at, about to be offered
         self.listening = False
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
@@ -94,8 +95,9 @@ class EventFeed:
     async def _listen(self) -> None:
         def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
             # The payload is the last seq the committing transaction appended: nothing to read
-            # when this node already handed it out (its own commits, offered straight away).
-            if not (payload.isdigit() and int(payload) <= self.head):
+            # when this node already handed it out or is about to (its own commits are offered
+            # as soon as COMMIT returns, which may be after this wake-up arrives).
+            if not (payload.isdigit() and int(payload) <= max(self.head, self._expected)):
                 self._wake.set()
 
         def listening(up: bool) -> None:
@@ -104,6 +106,11 @@ class EventFeed:
                 self._wake.set()  # catch up on anything committed while we were not listening
 
         await listen(self._url, eventlog.EVENTS_CHANNEL, on_notify, listening, retry_s=min(self._poll, 1.0))
+
+    def expect(self, seq: int) -> None:
+        """This node is committing an append that ends at ``seq`` and will `offer` it; 0: that
+        commit failed (the seqs may yet be another node's, whose wake-ups must be read)."""
+        self._expected = seq
 
     async def offer(self, events: list[RecordedEvent]) -> None:
         """Events this node has just committed (consecutive seqs). When they follow on from what

@@ -83,6 +83,7 @@ class GroupCommitter:
         max_batch: int = 2000,
         max_queue: int = 100_000,
         on_commit: Callable[[int, int, float], None] | None = None,
+        idle_release_s: float = 1.0,
     ) -> None:
         self._pool = pool
         self._max_batch = max_batch
@@ -92,10 +93,15 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._on_commit = on_commit
+        self._idle_release_s = idle_release_s
         # Told of every committed batch's events, in seq order (the node's event feed).
         self.on_recorded: Callable[[list[RecordedEvent]], Awaitable[None]] | None = None
+        # Told, before COMMIT, the seq an append ends at (0: it did not commit after all), so the
+        # feed does not read back what it is about to be handed.
+        self.on_appended: Callable[[int], None] | None = None
         # Held from one batch to the next while work keeps coming (no pool reset per batch).
         self._conn: asyncpg.Connection | None = None
+        self._head = eventlog.HeadGuess()  # usually this node's committer is the log's only appender
         self.stats = GroupCommitStats()
 
     def start(self) -> None:
@@ -178,14 +184,18 @@ class GroupCommitter:
     async def _run(self) -> None:
         while True:
             if not self._queue:
-                if self._conn is not None:
-                    # Idle: give the connection back (it is kept only from one batch to the next),
-                    # then look again: work may have come while it was being reset.
-                    await self._release()
-                    continue
                 if self._closing:
                     return
                 self._wake.clear()
+                if self._conn is not None:
+                    # Between two batches the connection is kept (a reset on every return to the
+                    # pool cost a round trip in the gap while callers were answered); after a
+                    # quiet second it goes back.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._idle_release_s)
+                    if not self._queue:
+                        await self._release()
+                    continue
                 await self._wake.wait()
                 # Let every task made runnable with this one queue its work too: concurrent
                 # callers then share the transaction instead of trickling into the next ones.
@@ -237,7 +247,9 @@ class GroupCommitter:
             else:
                 for work, items in groups.items():
                     await self._many(conn, work, items, results, split=not direct)
-            recorded = await eventlog.append(conn, [e for _, _, evs in results for e in evs])
+            recorded = await eventlog.append(conn, [e for _, _, evs in results for e in evs], head=self._head)
+            if recorded and self.on_appended is not None:
+                self.on_appended(recorded[-1].seq)
         return results, recorded
 
     async def _many(self, conn: asyncpg.Connection, work: BatchWork, items: list[_Item], results: _Results, *,
@@ -272,6 +284,8 @@ class GroupCommitter:
                 # The lot failed outside a savepoint: again, each unit on its own savepoint.
                 results, recorded = await self._transaction(conn, batch, direct=False)
         except BaseException:
+            if self.on_appended is not None:
+                self.on_appended(0)
             await self._release()  # the pool resets it, or drops it if it is broken
             raise
         # Committed: hand each caller its own slice of the recorded events.

@@ -53,6 +53,53 @@ async def test_append_assigns_consecutive_seqs_and_chains_hashes(conn: asyncpg.C
     assert (await eventlog.verify(conn)).ok
 
 
+class _Abandon(Exception):
+    pass
+
+
+async def test_appenders_with_stale_guesses_of_the_head_rechain_and_the_log_verifies(db_url: str) -> None:
+    # Two appenders (two nodes' committers) take turns; each guesses the head its own last append
+    # ended at, which the other has moved on from: the database refuses the stale chain and the
+    # appender rechains from the real head. A right guess appends in one call. A guess left by a
+    # transaction that rolled back is stale too.
+    conns = [await database.connect(db_url) for _ in range(2)]
+    guesses = [eventlog.HeadGuess(), eventlog.HeadGuess()]
+    try:
+        written: list[eventlog.RecordedEvent] = []
+        for turn, who in enumerate([0, 1, 0, 1, 1, 1]):
+            async with conns[who].transaction():
+                written += await eventlog.append(conns[who], [NewEvent("test.turn", f"s:{turn}", {"n": turn}),
+                                                              NewEvent("test.turn", f"s:{turn}", {"n": -turn})],
+                                                 head=guesses[who])
+            assert (guesses[who].seq, guesses[who].hash) == (written[-1].seq, written[-1].hash)
+        with pytest.raises(_Abandon):
+            async with conns[0].transaction():
+                await eventlog.append(conns[0], [NewEvent("test.gone", "s:gone", {})], head=guesses[0])
+                assert guesses[0].seq == 13
+                raise _Abandon
+        async with conns[0].transaction():
+            written += await eventlog.append(conns[0], [NewEvent("test.after", "s:after", {})], head=guesses[0])
+        assert [e.seq for e in written] == list(range(1, 14))
+        for before, after in itertools.pairwise(written):
+            assert after.prev_hash == before.hash
+        stored = await eventlog.read_after(conns[0], 0)
+        assert [(e.seq, e.hash, e.type) for e in stored] == [(e.seq, e.hash, e.type) for e in written]
+        assert (await eventlog.verify(conns[0])).ok
+    finally:
+        for c in conns:
+            await c.close()
+
+
+@pytest.mark.parametrize("visibility", [("fire", "ems"), (), ('a"b', "c\\d", "e,f", "NULL", "{g}", " h ")])
+async def test_visibility_is_stored_exactly_as_given(conn: asyncpg.Connection,
+                                                     visibility: tuple[str, ...]) -> None:
+    async with conn.transaction():
+        written = await eventlog.append(conn, [NewEvent("test.vis", "s", {}, visibility=visibility)])
+    assert written[0].visibility == tuple(sorted(visibility))
+    assert tuple(await conn.fetchval("SELECT visibility FROM events WHERE seq = $1", written[0].seq)) == tuple(
+        sorted(visibility))
+
+
 async def test_append_outside_a_transaction_is_refused(conn: asyncpg.Connection) -> None:
     with pytest.raises(RuntimeError, match="inside a transaction"):
         await eventlog.append(conn, [NewEvent("test.a", "s", {})])
@@ -295,6 +342,33 @@ async def test_feed_wakes_on_notify_without_waiting_for_the_poll(pool: asyncpg.P
     finally:
         await feed.stop()
     assert got == [1, 2, 3]
+
+
+async def test_feed_skips_wake_ups_for_its_own_commit_in_flight_and_reads_once_it_failed(pool: asyncpg.Pool,
+                                                                                         db_url: str) -> None:
+    feed = EventFeed(db_url, pool, poll_interval_s=30)
+    got: list[int] = []
+    feed.subscribe(lambda batch: got.extend(e.seq for e in batch))
+    await feed.start()
+    try:
+        for _ in range(100):
+            if feed.listening:
+                break
+            await asyncio.sleep(0.05)
+        assert feed.listening
+        # This node's committer says it is committing up to seq 1 and will offer it: the wake-up
+        # for seq 1 is not read (here another writer's seq 1 stands in for the node's own).
+        feed.expect(1)
+        await eventlog.append_committed(pool, [NewEvent("test.f", "s", {"i": 1})])
+        with pytest.raises(TimeoutError):
+            await feed.wait_for(1, timeout=0.5)
+        # That commit failed after all: the next wake-up is read, with what was skipped.
+        feed.expect(0)
+        await eventlog.append_committed(pool, [NewEvent("test.f", "s", {"i": 2})])
+        await feed.wait_for(2, timeout=3)
+    finally:
+        await feed.stop()
+    assert got == [1, 2]
 
 
 async def test_feed_polling_covers_lost_wakeups(pool: asyncpg.Pool) -> None:
