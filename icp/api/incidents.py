@@ -56,13 +56,18 @@ def incident_view(incident: Incident, agency_ids: Sequence[str], assignments: Se
 
 async def _load(conn: asyncpg.Connection | asyncpg.Pool, who: Principal, incident_id: str
                 ) -> tuple[Incident, list[str], list[Any]]:
-    row = await conn.fetchrow(f"SELECT agency_ids, {store.INCIDENT_DOC} FROM incidents WHERE id = $1",
-                              incident_id)
+    row = await conn.fetchrow(f"SELECT agency_ids, {store.INCIDENT_DOC}, {_ASSIGNMENTS.format(t='incidents')}"
+                              " FROM incidents WHERE id = $1", incident_id)
     if row is None or not sees_incident(who, row["agency_ids"]):
         raise not_found(f"incident {incident_id}")  # another agency's incident does not exist for you
-    assignments = [store.assignment_from(r["doc"]) for r in
-                   await conn.fetch("SELECT doc FROM assignments WHERE incident_id = $1 ORDER BY id", incident_id)]
+    assignments = [store.assignment_from(a) for a in row["assignments"]]
     return store.incident_from(row["doc"]), list(row["agency_ids"]), assignments
+
+
+# An incident's assignments read in the statement that reads the incident: one snapshot, so a
+# dispatch committed between two reads cannot show its assignments on an incident still pending.
+_ASSIGNMENTS = "(SELECT coalesce(jsonb_agg(a.doc ORDER BY a.id), '[]'::jsonb) FROM assignments a" \
+               " WHERE a.incident_id = {t}.id) AS assignments"
 
 
 async def domain_events(conn: asyncpg.Connection | asyncpg.Pool, subjects: Sequence[str]) -> dict[str, list[dev.Event]]:
@@ -178,15 +183,13 @@ async def list_incidents(request: web.Request) -> web.Response:
     where = " AND ".join(conditions) or "TRUE"
     pool = request.app[appkeys.POOL]
     # The page is chosen first: only its incidents have their alert lists put back.
-    rows = await pool.fetch(f"SELECT agency_ids, {store.INCIDENT_DOC} FROM (SELECT id, agency_ids, doc, priority,"
-                            f" created_at FROM incidents WHERE {where} ORDER BY priority, created_at DESC"
-                            f" LIMIT {arg(limit)}) AS page ORDER BY priority, created_at DESC", *args)
-    ids = [r["doc"]["id"] for r in rows]
-    assignments: dict[str, list[Any]] = {i: [] for i in ids}
-    for r in await pool.fetch("SELECT incident_id, doc FROM assignments WHERE incident_id = ANY($1) ORDER BY id", ids):
-        assignments[r["incident_id"]].append(store.assignment_from(r["doc"]))
+    rows = await pool.fetch(f"SELECT agency_ids, {store.INCIDENT_DOC}, {_ASSIGNMENTS.format(t='page')}"
+                            f" FROM (SELECT id, agency_ids, doc, priority, created_at FROM incidents WHERE {where}"
+                            f" ORDER BY priority, created_at DESC LIMIT {arg(limit)}) AS page"
+                            " ORDER BY priority, created_at DESC", *args)
     return json_response({"incidents": [
-        incident_view(store.incident_from(r["doc"]), r["agency_ids"], assignments[r["doc"]["id"]]) for r in rows
+        incident_view(store.incident_from(r["doc"]), r["agency_ids"],
+                      [store.assignment_from(a) for a in r["assignments"]]) for r in rows
     ]})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -21,11 +22,34 @@ TOKEN_CACHE_TTL_S = 5.0
 class TokenCache:
     """Recently verified bearer tokens (by hash), so a busy sensor key costs no database read per
     request. A revoked or expired token stops working within ``TOKEN_CACHE_TTL_S`` on each node;
-    failures are never cached. Bounded: when full, entries past their time are dropped first."""
+    failures are never cached. Bounded: when full, entries past their time are dropped first.
+
+    Concurrent requests with a token not in the cache share one look-up (`load`): when a busy
+    key's entry ran out, every request in flight looked it up, and those that also stamped its
+    last use queued on its row lock."""
 
     def __init__(self, ttl_s: float = TOKEN_CACHE_TTL_S, max_entries: int = 10_000) -> None:
         self.ttl_s, self.max_entries = ttl_s, max_entries
         self._entries: dict[bytes, tuple[float, Principal]] = {}
+        self._loading: dict[bytes, asyncio.Task[Principal | None]] = {}
+
+    async def load(self, key: bytes, fetch: Callable[[], Awaitable[Principal | None]]) -> Principal | None:
+        """The cached principal, else the one ``fetch`` finds (one fetch per key at a time; it
+        runs on even if the request that started it goes away)."""
+        found = self.get(key)
+        if found is not None:
+            return found
+        task = self._loading.get(key)
+        if task is None:
+            task = self._loading[key] = asyncio.ensure_future(fetch())
+
+            def done(t: asyncio.Task[Principal | None]) -> None:
+                self._loading.pop(key, None)
+                if not t.cancelled() and t.exception() is None and (who := t.result()) is not None:
+                    self.put(key, who)
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
 
     def get(self, key: bytes) -> Principal | None:
         hit = self._entries.get(key)
@@ -51,13 +75,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def principal_for_bearer(app: web.Application, secret: str) -> Principal | None:
     """The principal behind a bearer token (HTTP or the WebSocket hello), through the node's cache."""
     cache = app.get(TOKEN_CACHE)
-    key = credentials.hash_secret(secret)
-    principal = cache.get(key) if cache is not None else None
-    if principal is None:
-        principal = await credentials.principal_for_token(app[POOL], secret)
-        if principal is not None and cache is not None:
-            cache.put(key, principal)
-    return principal
+    if cache is None:
+        return await credentials.principal_for_token(app[POOL], secret)
+    return await cache.load(credentials.hash_secret(secret),
+                            functools.partial(credentials.principal_for_token, app[POOL], secret))
 
 
 async def authenticate(request: web.Request) -> Principal:

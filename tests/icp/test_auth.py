@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from icp.auth import credentials
-from icp.auth.guard import principal, require
-from icp.auth.principal import Role
+from icp.auth.guard import TokenCache, principal, require
+from icp.auth.principal import Principal, Role
 from icp.httpapi import json_response
 from tests.helpers import bearer, problem
 
@@ -199,3 +199,33 @@ async def test_administrators_issue_tokens_over_http(client: TestClient, make_to
             "SELECT token_hash FROM api_tokens"))
     finally:
         await conn.close()
+
+
+async def test_requests_with_an_uncached_token_share_one_look_up() -> None:
+    # When a busy key's cache entry runs out, the requests then in flight wait for one look-up
+    # instead of each reading (and stamping) the token row; a failed look-up is not cached.
+    cache = TokenCache(ttl_s=60)
+    who = Principal(kind="token", id="7", name="detectors", role=Role.SENSOR)
+    looked_up = 0
+    release = asyncio.Event()
+
+    async def fetch() -> Principal | None:
+        nonlocal looked_up
+        looked_up += 1
+        await release.wait()
+        return who if looked_up == 1 else None
+
+    waiting = [asyncio.create_task(cache.load(b"key", fetch)) for _ in range(20)]
+    waiting[0].cancel()  # a caller that goes away does not take the look-up with it
+    await asyncio.sleep(0.01)
+    release.set()
+    results = await asyncio.gather(*waiting[1:])
+    assert results == [who] * 19 and looked_up == 1
+    assert await cache.load(b"key", fetch) == who and looked_up == 1  # cached now
+
+    async def unknown() -> Principal | None:
+        nonlocal looked_up
+        looked_up += 1
+        return None
+
+    assert [await cache.load(b"other", unknown) for _ in range(2)] == [None, None] and looked_up == 3
