@@ -182,13 +182,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# Made once: json.loads with an option builds a decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def load_json(body: bytes | bytearray | memoryview | str, *, max_bytes: int, what: str) -> Any:
     """Decode a JSON body, refusing more than ``max_bytes``, NaN/Infinity and absurd nesting."""
     raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     if len(raw) > max_bytes:
         raise IntakeError("too_large", f"{what} is {len(raw)} bytes; at most {max_bytes} are accepted")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        # As json.loads reads bytes: UTF-8, -16 or -32 by their first bytes (bad UTF-8: ValueError).
+        return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except json.JSONDecodeError as exc:
         raise IntakeError(
             "malformed_json", f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"

@@ -133,6 +133,14 @@ def test_bodies_that_are_not_alerts(raw, code):
     assert err.value.code == code
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_json_in_any_encoding_rfc_8259_names_is_read(encoding):
+    # As json.loads reads bytes: UTF-8 (with or without a byte order mark), UTF-16 or UTF-32.
+    text = json.dumps(alert(description="Kamppi, 3. kerros — keittiö"), ensure_ascii=False)
+    report = parse_native(text.encode(encoding), CITY)
+    assert report.description == "Kamppi, 3. kerros — keittiö" and report.key == ("acme-smoke", "det-17/0001")
+
+
 def test_body_size_bound():
     big = body(alert(description="d" * 3000, data={f"k{i}": "v" * 100 for i in range(150)}))
     assert len(big) > 16 * 1024
