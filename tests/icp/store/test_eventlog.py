@@ -326,17 +326,24 @@ async def test_visibility_filter(conn: asyncpg.Connection) -> None:
     assert seen(await eventlog.read_after(conn, 0, agencies=[])) == [1]
 
 
-async def test_feed_wakes_on_notify_without_waiting_for_the_poll(pool: asyncpg.Pool, db_url: str) -> None:
+async def _listening_feed(pool: asyncpg.Pool, db_url: str) -> tuple[EventFeed, list[int]]:
+    """A started feed with a 30 s poll (so only wake-ups make it read), once it is listening, and
+    the seqs it hands out."""
     feed = EventFeed(db_url, pool, poll_interval_s=30)
     got: list[int] = []
     feed.subscribe(lambda batch: got.extend(e.seq for e in batch))
     await feed.start()
+    for _ in range(100):
+        if feed.listening:
+            return feed, got
+        await asyncio.sleep(0.05)
+    await feed.stop()
+    raise AssertionError("the feed did not start listening within 5 s")
+
+
+async def test_feed_wakes_on_notify_without_waiting_for_the_poll(pool: asyncpg.Pool, db_url: str) -> None:
+    feed, got = await _listening_feed(pool, db_url)
     try:
-        for _ in range(100):
-            if feed.listening:
-                break
-            await asyncio.sleep(0.05)
-        assert feed.listening
         recorded = await eventlog.append_committed(pool, [NewEvent("test.f", "s", {"i": i}) for i in range(3)])
         await feed.wait_for(recorded[-1].seq, timeout=3)  # far below the 30 s poll
     finally:
@@ -346,16 +353,8 @@ async def test_feed_wakes_on_notify_without_waiting_for_the_poll(pool: asyncpg.P
 
 async def test_feed_skips_wake_ups_for_its_own_commit_in_flight_and_reads_once_it_failed(pool: asyncpg.Pool,
                                                                                          db_url: str) -> None:
-    feed = EventFeed(db_url, pool, poll_interval_s=30)
-    got: list[int] = []
-    feed.subscribe(lambda batch: got.extend(e.seq for e in batch))
-    await feed.start()
+    feed, got = await _listening_feed(pool, db_url)
     try:
-        for _ in range(100):
-            if feed.listening:
-                break
-            await asyncio.sleep(0.05)
-        assert feed.listening
         # This node's committer says it is committing up to seq 1 and will offer it: the wake-up
         # for seq 1 is not read (here another writer's seq 1 stands in for the node's own).
         feed.expect(1)
