@@ -423,20 +423,20 @@ class _Batch:
         self.dirty.add(incident_id)
         return staged
 
-    def opened(self, rows: list[asyncpg.Record]) -> None:
+    def opened(self, rows: list[asyncpg.Record]) -> OpenIncidents:
         """The open incidents any alert of this batch could join (read with the lock)."""
         self.open = OpenIncidents(self.s.open_incident(r) for r in rows)
         for r in rows:
             self.agencies.setdefault(r["id"], list(r["agency_ids"]))
+        return self.open
 
     async def _open_incidents(self) -> OpenIncidents:
         """The open incidents as this batch has left them; read again after a CAP Update or Cancel
         wrote through the per-alert path."""
-        if self.open is None:
-            self.opened(await self.conn.fetch("SELECT * FROM icp_open_incidents_near($1, $2, $3, $4, $5)",
-                                              *self.s._boxes(self.reports)))
-        assert self.open is not None
-        return self.open
+        if self.open is not None:
+            return self.open
+        return self.opened(await self.conn.fetch("SELECT * FROM icp_open_incidents_near($1, $2, $3, $4, $5)",
+                                                 *self.s._boxes(self.reports)))
 
     async def flush(self) -> None:
         conn = self.conn
