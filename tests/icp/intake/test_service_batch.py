@@ -19,6 +19,7 @@ from dispatch.policy import DispatchPolicy
 from dispatch.state import DispatchState
 from geo.coords import Point
 from icp.config import Settings
+from icp.intake.service import CORRELATION_LOCK_KEY
 from icp.live import LivePicture
 from icp.store import database
 from icp.store.eventlog import NewEvent, RecordedEvent
@@ -153,5 +154,34 @@ async def test_a_failing_lot_is_run_again_alert_by_alert(db_url: str) -> None:
     try:
         assert sorted(await conn.fetchval("SELECT array_agg(v) FROM lot_probe")) == [1, 2, 3, 4]
         assert await conn.fetchval("SELECT count(*) FROM events WHERE type = 'test.lot'") == 4
+    finally:
+        await conn.close()
+
+
+async def test_the_locked_look_up_of_repeats_uses_the_index_as_the_table_grows(db_url: str) -> None:
+    # Intake's first statement runs in a PL/pgSQL function, whose plans are kept per session. A
+    # plan made once for all while `alerts` was small scanned the whole table on every call after
+    # it had grown (migration 0017 plans each call for its values). Count the scans.
+    conn = await asyncpg.connect(db_url)
+    try:
+        async def look_up(keys: list[str]) -> None:
+            async with conn.transaction():
+                await conn.fetch("SELECT * FROM icp_intake_read_locked($1, $2, $3, '{}', '{}', '{}', '{}', '{}')",
+                                 CORRELATION_LOCK_KEY, ["bench"] * len(keys), keys)
+
+        async def scans() -> int:
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            return int(await conn.fetchval("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'alerts'"))
+
+        for n in range(8):  # while the table is empty: enough calls for a plan made once for all
+            await look_up([f"k-{n}-{i}" for i in range(32)])
+        await conn.execute(
+            "INSERT INTO alerts (id, source, identifier, kind, msg_type, status, sent, outcome, report, raw,"
+            " content_type, principal) SELECT 'AL-' || g, 'bench', 'old-' || g, 'smoke', 'alert', 'actual', now(),"
+            " 'recorded', '{}', '\\x', 'application/json', 'token:1' FROM generate_series(1, 20000) AS g")
+        before = await scans()
+        for n in range(5):
+            await look_up([f"old-{n * 32 + i}" for i in range(32)])
+        assert await scans() == before
     finally:
         await conn.close()
