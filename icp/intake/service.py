@@ -149,7 +149,7 @@ class IntakeService:
         Every intake transaction holds the correlation lock from its start, so no other node
         inserts alerts meanwhile: what the first read did not find is new."""
         # The lock, then the reads after it of the repeats and of the open incidents the alerts
-        # could join: one round trip (migration 0016).
+        # could join: one round trip (migration 0015).
         rows = await conn.fetch(
             "SELECT * FROM icp_intake_read_locked($1, $2, $3, $4, $5, $6, $7, $8)", CORRELATION_LOCK_KEY,
             [x.report.source for x in subs], [x.report.identifier for x in subs],

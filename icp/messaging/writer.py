@@ -70,7 +70,6 @@ class MessageWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._on_commit = on_commit
-        self._head = eventlog.HeadGuess()
         self.transactions = 0
         self.written = 0
 
@@ -141,7 +140,7 @@ class MessageWriter:
                 else:
                     first[key] = out
                     fresh.append(out)
-            recorded = await eventlog.append(conn, [o.encoded for o in fresh], head=self._head)
+            recorded = await eventlog.append(conn, [o.encoded for o in fresh])
             if fresh:
                 pairs = list(zip(fresh, recorded, strict=True))
                 await conn.execute(

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -85,9 +86,14 @@ def canonical_json(value: Any) -> str:
     return _canonical(_normalise(value))
 
 
+# A NUL character in the JSON text: "\u0000" after an even number of backslashes (a string holding
+# a backslash and "u0000" is written "\\u0000", which is no NUL).
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _canonical(normalised: Any) -> str:
     text = jsontext.canonical(normalised)
-    if "\\u0000" in text:
+    if "\\u0000" in text and _NUL.search(text):
         raise EventError("event data must not contain NUL characters")
     return text
 
@@ -219,78 +225,50 @@ class RecordedEvent:
 
 # -- appending -------------------------------------------------------------------------------
 
-
-@dataclass(slots=True)
-class HeadGuess:
-    """Where one appender's last append ended (seq 0: nothing yet, or unknown). Appending from
-    a right guess takes one round trip; a wrong one (another appender went between) costs one
-    more, never a wrong chain: the database checks it under the lock (migration 0015)."""
-
-    seq: int = 0
-    hash: bytes | None = None
-
-
-def _array_literal(values: Sequence[str]) -> str:
-    """A PostgreSQL array literal of quoted strings (one row's visibility in a text[] of them)."""
-    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
-
-
-def _chain(encoded: Sequence[_Encoded], seq: int, prev: bytes, at: datetime
-           ) -> tuple[list[RecordedEvent], list[list[Any]]]:
-    """The events recorded after (seq, prev), and the columns that insert them."""
-    at_text = format_at(at)
-    recorded: list[RecordedEvent] = []
-    columns: list[list[Any]] = [[] for _ in range(8)]
-    seqs, types, subjects, visibilities, actors, datas, prevs, hashes = columns
-    for item in encoded:
-        seq += 1
-        ev = item.event
-        digest = chain_hash(prev, _envelope(seq, at_text, ev.type, ev.subject, ev.visibility,
-                                            item.actor_json, item.data_json))
-        visibility = tuple(sorted(ev.visibility))
-        seqs.append(seq)
-        types.append(ev.type)
-        subjects.append(ev.subject)
-        visibilities.append(_array_literal(visibility))
-        actors.append(item.actor_json)
-        datas.append(item.data_json)
-        prevs.append(prev)
-        hashes.append(digest)
-        recorded.append(RecordedEvent(seq, at, ev.type, ev.subject, visibility, item.actor, item.data, prev, digest))
-        prev = digest
-    return recorded, columns
+_COLUMNS = ("seq", "at", "type", "subject", "visibility", "actor", "data", "prev_hash", "hash")
 
 
 async def append(
-    conn: asyncpg.Connection, events: Iterable[NewEvent | _Encoded], *, now: datetime | None = None,
-    head: HeadGuess | None = None,
+    conn: asyncpg.Connection, events: Iterable[NewEvent | _Encoded], *, now: datetime | None = None
 ) -> list[RecordedEvent]:
     """Append events inside the caller's open transaction; they commit with it.
 
     Call this last in the transaction: the append lock is held until commit, which is what makes
-    commit order equal seq order, and every other appender waits for it. ``head``: this
-    appender's guess of the log's head, kept current here (one round trip when it is right).
+    commit order equal seq order, and every other appender waits for it.
     """
     if not conn.is_in_transaction():
         raise RuntimeError("eventlog.append must run inside a transaction")
     encoded = [e if isinstance(e, _Encoded) else encode(e) for e in events]
     if not encoded:
         return []
+    # One round trip (migration 0012): the lock, then the head read after it (so it sees the
+    # previous holder's), then the wake-up with the seq this append will end at (NOTIFY is
+    # delivered at commit, wherever it is sent in the transaction).
+    head = await conn.fetchrow("SELECT head_seq, head_hash FROM icp_event_head_locked($1, $2, $3)",
+                               APPEND_LOCK_KEY, EVENTS_CHANNEL, len(encoded))
+    seq, prev = (head["head_seq"], bytes(head["head_hash"])) if head["head_seq"] is not None else (0, GENESIS_HASH)
     at = now or datetime.now(UTC)
-    # Without a guess, the first call expects no head at all (seq -1) and sends no events: it
-    # only takes the lock and reads the head after it (so it sees the previous holder's append).
-    seq, prev = (head.seq, head.hash or GENESIS_HASH) if head is not None and head.seq else (-1, GENESIS_HASH)
-    while True:
-        recorded, columns = _chain(encoded, seq, prev, at) if seq >= 0 else ([], [[] for _ in range(8)])
-        row = await conn.fetchrow(
-            "SELECT head_seq, head_hash FROM icp_events_append_locked($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
-            " $12, $13)", APPEND_LOCK_KEY, EVENTS_CHANNEL, seq, prev if seq > 0 else None, at, *columns)
-        found = (row["head_seq"] or 0, bytes(row["head_hash"]) if row["head_hash"] is not None else GENESIS_HASH)
-        if found == (seq, prev):
-            break
-        seq, prev = found  # another appender went between: chain from the real head (now locked)
-    if head is not None:
-        head.seq, head.hash = recorded[-1].seq, recorded[-1].hash
+    at_text = format_at(at)
+    records: list[tuple[Any, ...]] = []
+    recorded: list[RecordedEvent] = []
+    for item in encoded:
+        seq += 1
+        ev = item.event
+        digest = chain_hash(prev, _envelope(seq, at_text, ev.type, ev.subject, ev.visibility,
+                                            item.actor_json, item.data_json))
+        visibility = sorted(ev.visibility)
+        records.append((seq, at, ev.type, ev.subject, visibility, item.actor_json,
+                        item.data_json, prev, digest))
+        recorded.append(RecordedEvent(seq, at, ev.type, ev.subject, tuple(visibility),
+                                      item.actor, item.data, prev, digest))
+        prev = digest
+    if len(records) == 1:
+        await conn.execute(
+            "INSERT INTO events (seq, at, type, subject, visibility, actor, data, prev_hash, hash)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", *records[0]
+        )
+    else:
+        await conn.copy_records_to_table("events", records=records, columns=_COLUMNS)
     return recorded
 
 

@@ -101,7 +101,6 @@ class GroupCommitter:
         self.on_appended: Callable[[int], None] | None = None
         # Held from one batch to the next while work keeps coming (no pool reset per batch).
         self._conn: asyncpg.Connection | None = None
-        self._head = eventlog.HeadGuess()  # usually this node's committer is the log's only appender
         self.stats = GroupCommitStats()
 
     def start(self) -> None:
@@ -247,7 +246,7 @@ class GroupCommitter:
             else:
                 for work, items in groups.items():
                     await self._many(conn, work, items, results, split=not direct)
-            recorded = await eventlog.append(conn, [e for _, _, evs in results for e in evs], head=self._head)
+            recorded = await eventlog.append(conn, [e for _, _, evs in results for e in evs])
             if recorded and self.on_appended is not None:
                 self.on_appended(recorded[-1].seq)
         return results, recorded

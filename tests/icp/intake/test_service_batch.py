@@ -161,7 +161,7 @@ async def test_a_failing_lot_is_run_again_alert_by_alert(db_url: str) -> None:
 async def test_the_locked_look_up_of_repeats_uses_the_index_as_the_table_grows(db_url: str) -> None:
     # Intake's first statement runs in a PL/pgSQL function, whose plans are kept per session. A
     # plan made once for all while `alerts` was small scanned the whole table on every call after
-    # it had grown (migration 0017 plans each call for its values). Count the scans.
+    # it had grown (migration 0016 plans each call for its values). Count the scans.
     conn = await asyncpg.connect(db_url)
     try:
         async def look_up(keys: list[str]) -> None:
