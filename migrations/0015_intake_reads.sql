@@ -1,5 +1,7 @@
 -- Intake's reads at the start of a transaction in one round trip: the correlation lock, the
 -- alerts already received among the batch's keys, and the open incidents its alerts could join.
+-- (It replaces icp_alerts_seen_locked of migration 0012, which read only the repeats.)
+DROP FUNCTION icp_alerts_seen_locked(bigint, text[], text[]);
 
 -- The open incidents of the given types within boxes (lat0, lat1, lon0, lon1, comma-separated
 -- types), each read from the open-incident index (incidents_open_type).

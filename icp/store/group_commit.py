@@ -28,6 +28,7 @@ from icp.store.eventlog import NewEvent, RecordedEvent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+IDLE_RELEASE_S = 1.0  # how long the committer keeps its connection with nothing to commit
 
 
 class Overloaded(RuntimeError):
@@ -83,7 +84,6 @@ class GroupCommitter:
         max_batch: int = 2000,
         max_queue: int = 100_000,
         on_commit: Callable[[int, int, float], None] | None = None,
-        idle_release_s: float = 1.0,
     ) -> None:
         self._pool = pool
         self._max_batch = max_batch
@@ -93,7 +93,6 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._on_commit = on_commit
-        self._idle_release_s = idle_release_s
         # Told of every committed batch's events, in seq order (the node's event feed).
         self.on_recorded: Callable[[list[RecordedEvent]], Awaitable[None]] | None = None
         # Told, before COMMIT, the seq an append ends at (0: it did not commit after all), so the
@@ -186,16 +185,17 @@ class GroupCommitter:
                 if self._closing:
                     return
                 self._wake.clear()
-                if self._conn is not None:
+                if self._conn is None:
+                    await self._wake.wait()
+                else:
                     # Between two batches the connection is kept (a reset on every return to the
                     # pool cost a round trip in the gap while callers were answered); after a
                     # quiet second it goes back.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._idle_release_s)
+                        await asyncio.wait_for(self._wake.wait(), IDLE_RELEASE_S)
                     if not self._queue:
                         await self._release()
-                    continue
-                await self._wake.wait()
+                        continue
                 # Let every task made runnable with this one queue its work too: concurrent
                 # callers then share the transaction instead of trickling into the next ones.
                 await asyncio.sleep(0)
