@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -95,6 +95,11 @@ def normalise(enum: type[E], value: object) -> E | None:
         return value
     if not isinstance(value, str) or len(value) > 64:
         return None
+    return _spelled(enum, value)
+
+
+@lru_cache(maxsize=4096)  # senders repeat a few spellings ("Likely", "smoke") on every alert
+def _spelled(enum: type[E], value: str) -> E | None:
     key = _key(value)
     return _spellings(enum).get(_ALIASES.get(key, key))
 

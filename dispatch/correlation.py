@@ -14,6 +14,7 @@ Settings ship in ``dispatch/alert_rules.toml`` and are documented in ``docs/inta
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -27,12 +28,14 @@ from dispatch.commands import Command, LinkAlert, UpdateIncident
 from dispatch.errors import Invalid
 from dispatch.incident import PRIORITY_HIGHEST, PRIORITY_LOWEST, Incident
 from dispatch.response_plan import default_plans
-from geo.coords import Point
-from geo.distance import FloatArray, PointArrays
+from geo.coords import EARTH_RADIUS_M, Point
+from geo.distance import FloatArray, PointArrays, PointGrid
 
 MAX_RADIUS_M = 100_000.0
 MAX_WINDOW_S = 7 * 86_400.0
 MAX_ESCALATION_RULES = 100
+_M_PER_DEG_LAT = EARTH_RADIUS_M * math.pi / 180.0
+_MIN_CELL_LEVEL = -16  # cells of ~1.7 m: a radius of 0 still gets a grid of finite size
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,25 +260,50 @@ class OpenIncident:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class _Group:
-    ids: tuple[str, ...]
-    points: PointArrays
+    """The incidents of one set of types: their ids, with their places as arrays (to measure all
+    of them) and as grids (to measure those near a point), each made when first asked."""
+
+    __slots__ = ("_arrays", "_grids", "ids", "locations")
+
+    def __init__(self, ids: tuple[str, ...], locations: list[Point]) -> None:
+        self.ids, self.locations = ids, locations
+        self._arrays: PointArrays | None = None
+        self._grids: dict[int, PointGrid] = {}
+
+    @property
+    def arrays(self) -> PointArrays:
+        if self._arrays is None:
+            self._arrays = PointArrays.of(self.locations)
+        return self._arrays
+
+    def within(self, point: Point, radius_m: float) -> list[tuple[int, float]] | None:
+        """Members within ``radius_m`` of ``point`` from a grid whose cells are as tall as the
+        radius (to the next power of two degrees, so few grids serve every kind's radius)."""
+        level = max(_MIN_CELL_LEVEL, math.ceil(math.log2(max(radius_m, 1.0) / _M_PER_DEG_LAT)))
+        grid = self._grids.get(level)
+        if grid is None:
+            grid = self._grids[level] = PointGrid(self.locations, 2.0 ** level)
+        return grid.within(point, radius_m)
 
 
 class OpenIncidents:
-    """An immutable snapshot of open incidents, with their coordinates as arrays per set of
-    incident types an alert may join (one distance computation per alert).
+    """An immutable snapshot of open incidents, with their places indexed per set of incident
+    types an alert may join (a grid to find those near an alert, arrays to measure them all).
 
     Build it once from the live picture and replace it as incidents change (`with_incident`,
-    `without`). A change copies the id index, not the incidents; an attach that moves no incident
-    and keeps its type keeps every coordinate array (the arrays hold ids, read back through the
-    index), and anything else drops the arrays of the types it touches, rebuilt when next asked.
-    Alerts handled one after another (a batch) must see the incidents the earlier ones opened, so
-    the caller adds each new incident before correlating the next alert (`correlate_all` does).
+    `without`). A change shares the incidents and most of the id index: changes since the last
+    copy sit in a small index of their own over a shared base, which is merged into a new base
+    once it holds `_MERGE_AFTER` incidents (so a batch of hundreds of alerts copies the index a
+    few times, not once per alert). An attach that moves no incident and keeps its type keeps
+    every place index (they hold ids, read back through the id index); anything else drops those
+    of the types it touches, rebuilt when next asked. Alerts handled one after another (a batch)
+    must see the incidents the earlier ones opened, so the caller adds each new incident before
+    correlating the next alert (`correlate_all` does).
     """
 
-    __slots__ = ("_by_id", "_groups")
+    __slots__ = ("_base", "_groups", "_top")
+    _MERGE_AFTER = 64
 
     def __init__(self, incidents: Iterable[OpenIncident] = ()) -> None:
         by_id: dict[str, OpenIncident] = {}
@@ -285,21 +313,31 @@ class OpenIncidents:
             if incident.id in by_id:
                 raise Invalid(f"incident {incident.id!r} is listed twice")
             by_id[incident.id] = incident
-        self._by_id: Mapping[str, OpenIncident] = MappingProxyType(by_id)
+        # Neither dict is changed once a snapshot holds it; snapshots derived from this one share them.
+        self._base: dict[str, OpenIncident] = by_id
+        self._top: dict[str, OpenIncident] = {}
         self._groups: dict[tuple[str, ...], _Group] = {}  # built on first use, by sorted types
 
+    def _all(self) -> dict[str, OpenIncident]:
+        return {**self._base, **self._top} if self._top else self._base
+
     def __len__(self) -> int:
-        return len(self._by_id)
+        top = self._top
+        return len(self._base) + sum(1 for k in top if k not in self._base) if top else len(self._base)
 
     def __iter__(self) -> Iterator[OpenIncident]:
-        return iter(self._by_id.values())
+        return iter(self._all().values())
 
     def get(self, incident_id: str) -> OpenIncident | None:
-        return self._by_id.get(incident_id)
+        found = self._top.get(incident_id)
+        return found if found is not None else self._base.get(incident_id)
 
-    def _derived(self, by_id: dict[str, OpenIncident], touched: frozenset[str]) -> OpenIncidents:
+    def _derived(self, base: dict[str, OpenIncident], top: dict[str, OpenIncident],
+                 touched: frozenset[str]) -> OpenIncidents:
         out = OpenIncidents.__new__(OpenIncidents)
-        out._by_id = MappingProxyType(by_id)
+        if len(top) >= self._MERGE_AFTER:
+            base, top = {**base, **top}, {}
+        out._base, out._top = base, top
         out._groups = {k: g for k, g in self._groups.items() if touched.isdisjoint(k)}
         return out
 
@@ -307,21 +345,21 @@ class OpenIncidents:
         """A snapshot with ``incident`` added, or replacing the one with its id."""
         if not isinstance(incident, OpenIncident):
             raise Invalid("open incidents must be OpenIncident values")
-        old = self._by_id.get(incident.id)
+        old = self.get(incident.id)
         if old is not None and old.incident_type == incident.incident_type and old.location == incident.location:
             touched: frozenset[str] = frozenset()  # an attach: same type, same place
         elif old is not None:
             touched = frozenset((old.incident_type, incident.incident_type))
         else:
             touched = frozenset((incident.incident_type,))
-        return self._derived({**self._by_id, incident.id: incident}, touched)
+        return self._derived(self._base, {**self._top, incident.id: incident}, touched)
 
     def without(self, incident_id: str) -> OpenIncidents:
         """A snapshot without the incident (closed or cancelled); unknown ids change nothing."""
-        old = self._by_id.get(incident_id)
+        old = self.get(incident_id)
         if old is None:
             return self
-        return self._derived({k: v for k, v in self._by_id.items() if k != incident_id},
+        return self._derived({k: v for k, v in self._all().items() if k != incident_id}, {},
                              frozenset((old.incident_type,)))
 
     def _group(self, types: tuple[str, ...]) -> _Group | None:
@@ -329,12 +367,11 @@ class OpenIncidents:
         if group is None:
             wanted = set(types)
             # In type order, each type's incidents in snapshot order.
-            members = sorted((i for i in self._by_id.values() if i.incident_type in wanted),
+            members = sorted((i for i in self if i.incident_type in wanted),
                              key=lambda i: i.incident_type)
             if not members:
                 return None
-            group = self._groups[types] = _Group(tuple(i.id for i in members),
-                                                 PointArrays.of([i.location for i in members]))
+            group = self._groups[types] = _Group(tuple(i.id for i in members), [i.location for i in members])
         return group
 
     def measure(self, point: Point, types: Iterable[str]) -> list[tuple[Sequence[OpenIncident], FloatArray]]:
@@ -343,11 +380,24 @@ class OpenIncidents:
         group = self._group(tuple(sorted(set(types))))
         if group is None:
             return []
-        return [(_Members(group.ids, self._by_id), group.points.haversine_m(point))]
+        return [(_Members(group.ids, self), group.arrays.haversine_m(point))]
 
     def near(self, point: Point, types: Iterable[str], radius_m: float) -> list[tuple[OpenIncident, float]]:
-        """Incidents of ``types`` within ``radius_m`` of ``point``, with their distances (metres)."""
-        return _within(self.measure(point, types), radius_m)
+        """Incidents of ``types`` within ``radius_m`` of ``point``, with their distances (metres),
+        in the order `measure` lists them."""
+        group = self._group(tuple(sorted(set(types))))
+        if group is None:
+            return []
+        found = group.within(point, radius_m)
+        if found is None:  # too wide a box for the grid: measure every member
+            return _within([(_Members(group.ids, self), group.arrays.haversine_m(point))], radius_m)
+        ids = group.ids
+        return [(self._member(ids[k]), d) for k, d in found]
+
+    def _member(self, incident_id: str) -> OpenIncident:
+        """An incident a place index names (it is in the snapshot: the index was built from it)."""
+        found = self._top.get(incident_id)
+        return found if found is not None else self._base[incident_id]
 
     def nearest(self, point: Point, types: Iterable[str]) -> tuple[OpenIncident, float] | None:
         """The nearest incident of ``types`` at any distance."""
@@ -357,10 +407,10 @@ class OpenIncidents:
 class _Members(Sequence[OpenIncident]):
     """A group's incidents, looked up by id only when asked (most alerts look at a few)."""
 
-    __slots__ = ("_by_id", "_ids")
+    __slots__ = ("_ids", "_snapshot")
 
-    def __init__(self, ids: tuple[str, ...], by_id: Mapping[str, OpenIncident]) -> None:
-        self._ids, self._by_id = ids, by_id
+    def __init__(self, ids: tuple[str, ...], snapshot: OpenIncidents) -> None:
+        self._ids, self._snapshot = ids, snapshot
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -373,8 +423,8 @@ class _Members(Sequence[OpenIncident]):
 
     def __getitem__(self, i: int | slice) -> OpenIncident | Sequence[OpenIncident]:
         if isinstance(i, slice):
-            return tuple(self._by_id[x] for x in self._ids[i])
-        return self._by_id[self._ids[i]]
+            return tuple(self._snapshot._member(x) for x in self._ids[i])
+        return self._snapshot._member(self._ids[i])
 
 
 def _within(
@@ -465,16 +515,16 @@ def correlate(
     if not types:
         return Correlation("create", alert.alert_id, f"{kind} alerts join no incident type; a new incident")
 
-    measured = snapshot.measure(alert.location, types)
     matches = []
-    for incident, distance in _within(measured, reach.radius_m):
+    for incident, distance in snapshot.near(alert.location, types, reach.radius_m):
         gap = abs((alert.at - incident.reference_time).total_seconds())
         if gap <= reach.window_s:
             # Nearest first; then the most recently alerted; then the id, so ties are stable.
             key = (distance, -incident.reference_time.timestamp(), incident.id)
             matches.append((key, incident, distance, gap))
     if not matches:
-        return Correlation("create", alert.alert_id, _miss_reason(alert, _nearest(measured), types, reach))
+        nearest = snapshot.nearest(alert.location, types)
+        return Correlation("create", alert.alert_id, _miss_reason(alert, nearest, types, reach))
 
     _, incident, distance, gap = min(matches, key=lambda m: m[0])
     return _attach(alert, incident, distance, gap, len(matches), reach, policy)

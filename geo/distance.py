@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 from shapely.geometry.base import BaseGeometry
 
-from geo.coords import EARTH_RADIUS_M, CoordinateError, Point
+from geo.coords import EARTH_RADIUS_M, CoordinateError, LatLon, Point
 
 FloatArray = NDArray[np.float64]
 IndexArray = NDArray[np.intp]
@@ -98,6 +98,71 @@ class PointArrays:
         h = np.sin((self.phi - phi1) / 2.0) ** 2 + math.cos(phi1) * self.cos_phi * np.sin(dlmb / 2.0) ** 2
         result: FloatArray = 2.0 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
         return result
+
+
+class PointGrid:
+    """Points bucketed in square cells of ``cell_deg`` degrees, answering "which lie within r of
+    here" by measuring only the points of the cells the query's box overlaps.
+
+    For a radius small next to the spread of the points (detectors of one building among a city's
+    open incidents) a query measures a handful of points in plain Python, where one vectorised pass
+    over every point pays a fixed cost of several array operations. A query whose box spans more
+    than ``max_cells`` cells, or reaches the antimeridian (the box does not wrap), answers None:
+    the caller measures every point instead (`PointArrays`).
+    """
+
+    __slots__ = ("_cell", "_cells", "_cos", "_lons", "_phi", "max_cells")
+
+    def __init__(self, points: Sequence[LatLon], cell_deg: float, max_cells: int = 64) -> None:
+        if not (math.isfinite(cell_deg) and cell_deg > 0):
+            raise ValueError(f"cell size must be a positive number of degrees, got {cell_deg}")
+        self._cell, self.max_cells = cell_deg, max_cells
+        # Plain lists and no arrays: a grid is often made for a few dozen points and asked a few
+        # times (the open incidents near one transaction's alerts).
+        self._phi: list[float] = []
+        self._cos: list[float] = []
+        self._lons: list[float] = []
+        cells: dict[tuple[int, int], list[int]] = {}
+        for i, p in enumerate(points):
+            lat, lon = float(p.lat), float(p.lon)
+            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # written so NaN fails
+                raise CoordinateError(f"coordinate {i}: ({lat}, {lon}) is not a latitude and longitude")
+            self._phi.append(lat * _DEG)
+            self._cos.append(math.cos(lat * _DEG))
+            self._lons.append(lon)
+            cells.setdefault((math.floor(lat / cell_deg), math.floor(lon / cell_deg)), []).append(i)
+        self._cells = cells
+
+    def __len__(self) -> int:
+        return len(self._lons)
+
+    def within(self, origin: Point, radius_m: float) -> list[tuple[int, float]] | None:
+        """Indices (ascending) and haversine metres of the points within ``radius_m`` of
+        ``origin``; None when the query is too wide for the grid (see the class)."""
+        min_lon, min_lat, max_lon, max_lat = bbox_around(origin, radius_m)
+        if min_lon <= -180.0 or max_lon >= 180.0:
+            return None
+        c = self._cell
+        i0, i1 = math.floor(min_lat / c), math.floor(max_lat / c)
+        j0, j1 = math.floor(min_lon / c), math.floor(max_lon / c)
+        if (i1 - i0 + 1) * (j1 - j0 + 1) > self.max_cells:
+            return None
+        cells = self._cells
+        found = [k for i in range(i0, i1 + 1) for j in range(j0, j1 + 1) for k in cells.get((i, j), ())]
+        if not found:
+            return []
+        found.sort()
+        # The same arithmetic as PointArrays.haversine_m, one point at a time.
+        phi1 = origin.lat * _DEG
+        cos1, lon1 = math.cos(phi1), origin.lon
+        phi, cos, lons, sin, asin, sqrt = self._phi, self._cos, self._lons, math.sin, math.asin, math.sqrt
+        out = []
+        for k in found:
+            h = sin((phi[k] - phi1) / 2.0) ** 2 + cos1 * cos[k] * sin((lons[k] - lon1) * _DEG / 2.0) ** 2
+            d = 2.0 * EARTH_RADIUS_M * asin(sqrt(min(max(h, 0.0), 1.0)))
+            if d <= radius_m:
+                out.append((k, d))
+        return out
 
 
 def nearest_k(

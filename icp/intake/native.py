@@ -14,9 +14,10 @@ sender controls its format, so a mistake is refused rather than recorded.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
+from functools import partial
 from typing import Any, TypeVar
 
 from dispatch.alert_rules import AlertKind, Certainty, Severity, Urgency, normalise
@@ -108,31 +109,19 @@ def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
     if not isinstance(obj, Mapping):
         raise IntakeError("invalid_alert", "an alert must be a JSON object", "")
     problems = Problems()
-    for name in sorted(set(obj) - set(REQUIRED) - set(OPTIONAL)):
-        problems.add("unknown_field", f"/{name[:40]}", f"unknown field {name[:40]!r}")
+    if not _KNOWN.issuperset(obj):
+        for name in sorted(set(obj) - _KNOWN):
+            problems.add("unknown_field", f"/{name[:40]}", f"unknown field {name[:40]!r}")
     for name in REQUIRED:
         if name not in obj:
             problems.add("missing_field", f"/{name}", f"{name} is required")
     values: dict[str, Any] = {}
-
-    def read(name: str, reader: Any) -> None:
+    for name, where, reader in _READERS:
         if name in obj:
             try:
-                values[name] = reader(obj[name], f"/{name}")
+                values[name] = reader(obj[name], where)
             except IntakeError as exc:
                 problems.add("invalid_field", exc.field, exc.message)
-
-    read("source", check_ident)
-    read("id", check_ident)
-    read("kind", _kind)
-    read("time", parse_time)
-    read("location", lambda v, w: _location(v, w))
-    read("severity", lambda v, w: _vocab(Severity, v, w))
-    read("urgency", lambda v, w: _vocab(Urgency, v, w))
-    read("certainty", lambda v, w: _vocab(Certainty, v, w))
-    read("headline", lambda v, w: _text(v, w, MAX_HEADLINE_CHARS))
-    read("description", lambda v, w: _text(v, w, MAX_DESCRIPTION_CHARS))
-    read("data", _data)
     problems.raise_if_any("invalid_alert")
 
     notes = Problems()
@@ -201,3 +190,21 @@ def _data(value: object, where: str) -> dict[str, Any]:
     if size > MAX_DATA_BYTES:
         raise IntakeError("invalid_alert", f"is {size} bytes encoded; at most {MAX_DATA_BYTES}", where)
     return value
+
+
+_KNOWN = frozenset(REQUIRED + OPTIONAL)
+# Each member's reader, in the order its problems are listed: (name, JSON pointer, reader(value, where)).
+_READERS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = tuple(
+    (name, f"/{name}", reader) for name, reader in (
+    ("source", check_ident),
+    ("id", check_ident),
+    ("kind", _kind),
+    ("time", parse_time),
+    ("location", _location),
+    ("severity", partial(_vocab, Severity)),
+    ("urgency", partial(_vocab, Urgency)),
+    ("certainty", partial(_vocab, Certainty)),
+    ("headline", partial(_text, limit=MAX_HEADLINE_CHARS)),
+    ("description", partial(_text, limit=MAX_DESCRIPTION_CHARS)),
+    ("data", _data),
+))

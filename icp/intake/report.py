@@ -322,6 +322,13 @@ def _member(enum: type[E], value: object, name: str) -> E:
     return member
 
 
+_ENUM_FIELDS: tuple[tuple[str, type[StrEnum]], ...] = (
+    ("kind", AlertKind), ("msg_type", MsgType), ("status", Status),
+    ("severity", Severity), ("urgency", Urgency), ("certainty", Certainty))
+_TEXT_FIELDS = (("headline", MAX_HEADLINE_CHARS), ("description", MAX_DESCRIPTION_CHARS),
+                ("language", MAX_LANGUAGE_CHARS))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AlertReport:
     """One alert in ICP's terms, whatever format it came in. Validated at construction.
@@ -358,30 +365,27 @@ class AlertReport:
     data: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Every alert passes here, most with empty lists and members already of their enums:
+        # those cases are tested first and cost a type check each.
         set_ = object.__setattr__
         check_ident(self.source, "/source")
         check_ident(self.identifier, "/identifier")
-        set_(self, "kind", _member(AlertKind, self.kind, "kind"))
+        for name, enum in _ENUM_FIELDS:
+            value = getattr(self, name)
+            if type(value) is not enum:
+                set_(self, name, _member(enum, value, name))
         if not isinstance(self.sent, datetime) or self.sent.utcoffset() is None:
             raise _invalid("sent", "must be a timezone-aware datetime")
         if self.raw_format not in RAW_FORMATS:
             raise _invalid("raw_format", f"must be one of {', '.join(RAW_FORMATS)}")
-        set_(self, "msg_type", _member(MsgType, self.msg_type, "msg_type"))
-        set_(self, "status", _member(Status, self.status, "status"))
-        refs = tuple(self.references)
-        if len(refs) > MAX_REFERENCES or not all(
-            isinstance(r, tuple) and len(r) == 2 and all(isinstance(x, str) and x for x in r) for r in refs
-        ):
-            raise _invalid("references", f"must be at most {MAX_REFERENCES} (source, identifier) pairs")
-        set_(self, "references", refs)
-        set_(self, "severity", _member(Severity, self.severity, "severity"))
-        set_(self, "urgency", _member(Urgency, self.urgency, "urgency"))
-        set_(self, "certainty", _member(Certainty, self.certainty, "certainty"))
-        for name, limit in (
-            ("headline", MAX_HEADLINE_CHARS),
-            ("description", MAX_DESCRIPTION_CHARS),
-            ("language", MAX_LANGUAGE_CHARS),
-        ):
+        if self.references != ():
+            refs = tuple(self.references)
+            if len(refs) > MAX_REFERENCES or not all(
+                isinstance(r, tuple) and len(r) == 2 and all(isinstance(x, str) and x for x in r) for r in refs
+            ):
+                raise _invalid("references", f"must be at most {MAX_REFERENCES} (source, identifier) pairs")
+            set_(self, "references", refs)
+        for name, limit in _TEXT_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, str) or len(value) > limit:
                 raise _invalid(name, f"must be a string of at most {limit} characters")
@@ -389,9 +393,14 @@ class AlertReport:
             raise _invalid("location", "must be a geo.coords.Point or None")
         if self.area is not None and (not isinstance(self.area, BaseGeometry) or self.area.is_empty):
             raise _invalid("area", "must be a non-empty shapely geometry (lon/lat) or None")
-        set_(self, "location_flags", tuple(_member(LocationFlag, f, "location_flags") for f in self.location_flags))
+        if self.location_flags != ():
+            set_(self, "location_flags",
+                 tuple(_member(LocationFlag, f, "location_flags") for f in self.location_flags))
         for name, kind, limit in (("findings", Finding, MAX_FINDINGS), ("infos", InfoSummary, MAX_INFOS)):
-            items = tuple(getattr(self, name))
+            items = getattr(self, name)
+            if items == ():
+                continue
+            items = tuple(items)
             if len(items) > limit or not all(isinstance(i, kind) for i in items):
                 raise _invalid(name, f"must be at most {limit} {kind.__name__} values")
             set_(self, name, items)
@@ -401,7 +410,7 @@ class AlertReport:
             raise _invalid("selected_info", "must index infos")
         if not isinstance(self.below_threshold, bool):
             raise _invalid("below_threshold", "must be true or false")
-        if not isinstance(self.data, dict) or not all(isinstance(k, str) for k in self.data):
+        if not isinstance(self.data, dict) or (self.data and not all(isinstance(k, str) for k in self.data)):
             raise _invalid("data", "must be an object with string keys")
 
     @property
@@ -643,7 +652,11 @@ def lat_lon_point(obj: Any, where: str) -> Point:
         if key not in obj:
             raise IntakeError("invalid_alert", f"{key} is required", f"{where}/{key}")
     try:
-        Point(lat=obj["lat"], lon=0.0)  # alone first, so an error names the right member
+        return Point(lat=obj["lat"], lon=obj[lon_key])
+    except CoordinateError:
+        pass
+    try:
+        Point(lat=obj["lat"], lon=0.0)  # alone, so the error names the right member
     except CoordinateError as exc:
         raise IntakeError("invalid_alert", str(exc), f"{where}/lat") from None
     try:

@@ -92,7 +92,7 @@ _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _canonical(normalised: Any) -> str:
-    text = jsontext.canonical(normalised)
+    text = jsontext.canonical_finite(normalised)  # _normalise refused NaN and infinities
     if "\\u0000" in text and _NUL.search(text):
         raise EventError("event data must not contain NUL characters")
     return text

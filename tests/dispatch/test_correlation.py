@@ -197,6 +197,26 @@ def test_a_snapshot_changed_many_times_answers_like_one_built_afresh():
             assert [correlate(p, snap) for p in probes] == [correlate(p, fresh) for p in probes]
 
 
+def test_near_finds_what_measuring_every_incident_finds():
+    # Near a point, correlation measures only the grid cells around it; a box too wide for the
+    # grid (100 km) measures every incident. Both must find what measuring all of them finds.
+    rng = random.Random(5)
+    types = ["structure_fire", "alarm_activation", "gunshot"]
+    snap = OpenIncidents(
+        OpenIncident(f"I{i}", rng.choice(types), Point(SCENE.lat + rng.uniform(-0.05, 0.05),
+                                                       SCENE.lon + rng.uniform(-0.1, 0.1)), T0)
+        for i in range(400))
+    for radius in (0.0, 50.0, 150.0, 1_000.0, 5_000.0, 100_000.0):
+        for _ in range(40):
+            here = Point(SCENE.lat + rng.uniform(-0.05, 0.05), SCENE.lon + rng.uniform(-0.1, 0.1))
+            wanted = rng.sample(types, 2)
+            (members, d), = snap.measure(here, wanted)
+            everyone = [(members[i], float(d[i])) for i in range(len(members)) if d[i] <= radius]
+            near = snap.near(here, wanted, radius)
+            assert [i.id for i, _ in near] == [i.id for i, _ in everyone]
+            assert [m for _, m in near] == pytest.approx([m for _, m in everyone], rel=1e-12, abs=1e-6)
+
+
 def test_after_applies_an_attach_and_refuses_anything_else():
     inc = incident("F")
     out = correlate(facts("x", seconds=60), [inc])

@@ -14,6 +14,7 @@ from geo.coords import CoordinateError, Point, geodesic_m
 from geo.distance import (
     HAVERSINE_MAX_RELATIVE_ERROR,
     PointArrays,
+    PointGrid,
     PointIndex,
     as_arrays,
     bbox_around,
@@ -190,3 +191,46 @@ def test_point_arrays_are_checked_once_when_made() -> None:
         PointArrays([60.0, float("nan")], [24.0, 25.0])
     with pytest.raises(CoordinateError):
         PointArrays([60.0], [24.0, 25.0])
+
+
+
+near_helsinki = st.builds(Point, lat=st.floats(60.0, 60.4), lon=st.floats(24.5, 25.3))
+
+
+@given(origin=near_helsinki, others=st.lists(near_helsinki, min_size=1, max_size=60),
+       radius=st.floats(0.0, 20_000.0), cell_exp=st.integers(-12, -2))
+@settings(max_examples=150, deadline=None)
+def test_point_grid_finds_what_measuring_every_point_finds(origin: Point, others: list[Point], radius: float,
+                                                           cell_exp: int) -> None:
+    found = PointGrid(others, 2.0 ** cell_exp, max_cells=10**9).within(origin, radius)
+    assert found is not None
+    d = PointArrays.of(others).haversine_m(origin)
+    # A point on the rim may fall either side in the last bit; every other point must agree.
+    rim = {i for i in range(len(others)) if abs(d[i] - radius) <= 1e-6}
+    assert {i for i, _ in found} - rim == {i for i in range(len(others)) if d[i] <= radius} - rim
+    assert [i for i, _ in found] == sorted(i for i, _ in found)
+    for i, metres in found:
+        assert metres == pytest.approx(float(d[i]), rel=1e-12, abs=1e-6)
+
+
+def test_point_grid_sends_wide_and_antimeridian_queries_back() -> None:
+    grid = PointGrid([Point(60.17, 24.94), Point(60.18, 24.95)], cell_deg=2.0 ** -6, max_cells=64)
+    assert grid.within(Point(60.17, 24.94), 50_000.0) is None  # thousands of cells: measure every point
+    assert [i for i, _ in grid.within(Point(60.17, 24.94), 1_500.0) or []] == [0, 1]
+    assert grid.within(Point(60.17, 24.94), 10.0) == [(0, 0.0)]
+    east = PointGrid([Point(0.0, 179.9999), Point(0.0, -179.9999)], cell_deg=0.01)
+    assert east.within(Point(0.0, 179.9999), 100.0) is None  # the box would have to wrap
+
+
+def test_point_grid_checks_what_it_is_given() -> None:
+    with pytest.raises(ValueError):
+        PointGrid([], cell_deg=0.0)
+    with pytest.raises(CoordinateError):
+        PointGrid([PositionFix(lat=91.0, lon=24.0)], cell_deg=0.01)
+
+
+class PositionFix:
+    """Anything with lat/lon (not a Point, so nothing has checked it yet)."""
+
+    def __init__(self, lat: float, lon: float) -> None:
+        self.lat, self.lon = lat, lon
