@@ -24,6 +24,9 @@ T = TypeVar("T")
 
 def encode(value: Any) -> Any:
     """A JSON-ready form of a domain value."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:  # most fields
+        return value
     if isinstance(value, Enum):
         return value.value
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -47,7 +50,13 @@ def encode(value: Any) -> Any:
 
 def encode_fields(obj: Any) -> dict[str, Any]:
     """The fields of a dataclass instance, encoded, in declaration order."""
-    return {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    names = _FIELD_NAMES.get(type(obj))
+    if names is None:  # dataclasses.fields() builds its answer on every call
+        names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
+    return {name: encode(getattr(obj, name)) for name in names}
+
+
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
 
 
 _HINTS: dict[type[Any], dict[str, Any]] = {}

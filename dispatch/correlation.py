@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from types import MappingProxyType
@@ -35,6 +35,7 @@ MAX_RADIUS_M = 100_000.0
 MAX_WINDOW_S = 7 * 86_400.0
 MAX_ESCALATION_RULES = 100
 _M_PER_DEG_LAT = EARTH_RADIUS_M * math.pi / 180.0
+_MAX_FOUND = 4096  # places remembered per group of incident types
 _MIN_CELL_LEVEL = -16  # cells of ~1.7 m: a radius of 0 still gets a grid of finite size
 
 
@@ -251,25 +252,24 @@ class OpenIncident:
         if outcome.action != "attach" or outcome.incident_id != self.id:
             raise Invalid(f"the correlation does not attach to incident {self.id!r}")
         latest = at if self.last_alert_at is None or at > self.last_alert_at else self.last_alert_at
-        return replace(
-            self,
-            alert_count=self.alert_count + 1,
-            last_alert_at=latest,
-            priority=outcome.priority if outcome.priority is not None else self.priority,
-            incident_type=outcome.incident_type or self.incident_type,
-        )
+        return OpenIncident(  # not dataclasses.replace, which costs as much again on every attach
+            self.id, outcome.incident_type or self.incident_type, self.location, self.created_at,
+            outcome.priority if outcome.priority is not None else self.priority, self.alert_count + 1, latest)
 
 
 class _Group:
     """The incidents of one set of types: their ids, with their places as arrays (to measure all
     of them) and as grids (to measure those near a point), each made when first asked."""
 
-    __slots__ = ("_arrays", "_grids", "ids", "locations")
+    __slots__ = ("_arrays", "_found", "_grids", "ids", "locations")
 
     def __init__(self, ids: tuple[str, ...], locations: list[Point]) -> None:
         self.ids, self.locations = ids, locations
         self._arrays: PointArrays | None = None
         self._grids: dict[int, PointGrid] = {}
+        # What `within` found, by place and radius: a detector reports from one place again and
+        # again, and the group's places do not change while it lives.
+        self._found: dict[tuple[float, float, float], list[tuple[int, float]] | None] = {}
 
     @property
     def arrays(self) -> PointArrays:
@@ -280,6 +280,15 @@ class _Group:
     def within(self, point: Point, radius_m: float) -> list[tuple[int, float]] | None:
         """Members within ``radius_m`` of ``point`` from a grid whose cells are as tall as the
         radius (to the next power of two degrees, so few grids serve every kind's radius)."""
+        key = (point.lat, point.lon, radius_m)
+        if key in self._found:
+            return self._found[key]
+        if len(self._found) >= _MAX_FOUND:
+            self._found.clear()
+        found = self._found[key] = self._measure_near(point, radius_m)
+        return found
+
+    def _measure_near(self, point: Point, radius_m: float) -> list[tuple[int, float]] | None:
         level = max(_MIN_CELL_LEVEL, math.ceil(math.log2(max(radius_m, 1.0) / _M_PER_DEG_LAT)))
         grid = self._grids.get(level)
         if grid is None:

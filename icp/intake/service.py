@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -173,7 +173,8 @@ class IntakeService:
             sub = subs[n]
             alert_id = "AL-" + randomness[20 * k: 20 * k + 20]
             outcome, staged, agencies = await batch.route(alert_id, sub)
-            outcome = replace(outcome, report=sub.report)  # the 202 names its flags and findings
+            # The 202 names its flags and findings.
+            outcome = AlertOutcome(outcome.alert_id, outcome.incident_id, outcome.outcome, outcome.reason, sub.report)
             results[n] = Staged(outcome, [self._received(alert_id, sub, outcome, agencies), *staged])
         await batch.flush()
         for n, sub in enumerate(subs):

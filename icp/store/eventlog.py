@@ -77,7 +77,9 @@ def _normalise_mapping(value: Mapping[Any, Any]) -> dict[str, Any]:
     for key, item in value.items():
         if not isinstance(key, str):
             raise EventError(f"event data keys must be strings, got {type(key).__name__}")
-        out[key] = _normalise(item)
+        # Most members are plain strings, integers or null: kept as they are without a call.
+        kind = type(item)
+        out[key] = item if kind is str or kind is int or kind is bool or item is None else _normalise(item)
     return out
 
 
