@@ -61,8 +61,8 @@ async def read_json_object(request: web.Request, *, max_bytes: int | None = None
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
-        text=jsontext.compact(data),
-        status=status, content_type="application/json", headers=headers,
+        body=jsontext.compact_bytes(data),
+        status=status, content_type="application/json", charset="utf-8", headers=headers,
     )
 
 

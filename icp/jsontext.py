@@ -34,6 +34,14 @@ def compact(value: Any) -> str:
         return _compact_std(value)
 
 
+def compact_bytes(value: Any) -> bytes:
+    """`compact` as UTF-8 bytes (an HTTP body), without a round trip through str."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return _compact_std(value).encode("utf-8")
+
+
 def canonical_finite(value: Any) -> str:
     """`canonical` of a value as the event log normalises it (no NaN or infinity, integral floats
     written as integers), byte for byte. orjson with sorted keys writes the same text but for

@@ -34,6 +34,7 @@ def test_canonical_finite_is_the_reference_text(value: Any) -> None:
 def test_compact_reads_back_as_the_value(value: Any) -> None:
     out = jsontext.compact(value)
     assert json.loads(out) == value
+    assert jsontext.compact_bytes(value) == out.encode("utf-8")
 
 
 def test_compact_writes_what_orjson_cannot_and_always_json() -> None:
