@@ -7,8 +7,10 @@ time window of the alert. Among several such incidents the nearest wins (then th
 alerted, then the smallest id), so the answer is deterministic. More alerts on one incident
 raise its priority by the escalation rules. Every answer carries a reason a dispatcher can read.
 
-Distances are haversine metres (`geo.distance.PointArrays`, vectorised over each incident type's
-locations), so a city with thousands of open incidents answers in well under a millisecond.
+Distances are haversine metres. An alert measures only the incidents in the grid cells around it
+(`geo.distance.PointGrid`, cells as tall as its kind's radius), so a city with thousands of open
+incidents answers in microseconds; the nearest incident at any distance, named when an alert
+opens a new one, is measured over all of them at once (`geo.distance.PointArrays`).
 Settings ship in ``dispatch/alert_rules.toml`` and are documented in ``docs/intake.md``.
 """
 
