@@ -197,17 +197,20 @@ class DispatchService:
                 await store.clear_timer(conn, store.ACK_TIMEOUT, ev.assignment_id)
 
     @staticmethod
-    def log_event(ev: dev.Event, after: DispatchState, agencies: dict[str, list[str]], who: Principal) -> NewEvent:
+    def log_event(ev: dev.Event, after: DispatchState, agencies: dict[str, list[str]], who: Principal, *,
+                  plain: bool = False) -> NewEvent:
+        """The log's form of a domain event: its fields, the agencies that may see it, and who
+        caused it. ``plain``: the caller knows the fields are plain JSON values (see `NewEvent`)."""
         data = {k: v for k, v in ev.to_dict().items() if k != "type"}
         if isinstance(ev, dev.IncidentEvent):
             visible = agencies.get(ev.incident_id, [EVERYONE])
-            data["agency_ids"] = visible
+            data["agency_ids"] = list(visible)
         else:  # unit events: the unit's agency, and the agencies of the incident it works
             unit = after.units.get(getattr(ev, "unit_id", ""))
             incident_id = getattr(ev, "incident_id", None)
             visible = sorted({*(agencies.get(incident_id, []) if incident_id else []),
                               *([unit.agency_id] if unit else [])}) or [EVERYONE]
-        return NewEvent(ev.type, ev.subject, data, actor=who.actor(), visibility=tuple(visible))
+        return NewEvent(ev.type, ev.subject, data, actor=who.actor(), visibility=tuple(visible), plain=plain)
 
     # -- composite commands ---------------------------------------------------------------------------
     async def create_incident(

@@ -41,7 +41,7 @@ from icp import jsontext
 from icp.auth.principal import Principal
 from icp.dispatch_service import EVERYONE, DispatchService
 from icp.intake.report import AlertReport, MsgType
-from icp.store.eventlog import NewEvent
+from icp.store.eventlog import NewEvent, json_number
 from icp.store.group_commit import GroupCommitter, Staged
 
 log = logging.getLogger(__name__)
@@ -190,14 +190,15 @@ class IntakeService:
 
     def _received(self, alert_id: str, sub: _Submission, outcome: AlertOutcome, agencies: list[str]) -> NewEvent:
         report, loc = sub.report, sub.report.location
+        # Plain data (strings, lists of strings, numbers in canonical form): the log need not walk it.
         return NewEvent(ALERT_RECEIVED, f"alert/{alert_id}", {
             "alert_id": alert_id, "source": report.source, "identifier": report.identifier,
             "kind": report.kind.value, "msg_type": report.msg_type.value, "severity": report.severity.value,
             "certainty": report.certainty.value, "headline": report.headline[:200],
-            "location": loc.to_mapping() if loc else None,
+            "location": {"lat": json_number(loc.lat), "lon": json_number(loc.lon)} if loc else None,
             "location_flags": [f.value for f in report.location_flags],
             "incident_id": outcome.incident_id, "outcome": outcome.outcome, "reason": outcome.reason,
-        }, actor=sub.who.actor(), visibility=tuple(agencies) or (EVERYONE,))
+        }, actor=sub.who.actor(), visibility=tuple(agencies) or (EVERYONE,), plain=True)
 
     async def _visibility(self, conn: asyncpg.Connection, incident_id: str | None) -> tuple[str, ...]:
         if incident_id is None:
@@ -381,7 +382,8 @@ class _Batch:
         incident is still open then."""
         event = dev.AlertLinked(at=self.now, incident_id=incident_id, alert_id=alert_id)
         self.linked.setdefault(incident_id, []).append(event)
-        return DispatchService.log_event(event, self.s.dispatch.live.state, self.agencies, who)
+        # Its data (ids, a time, agency ids) is plain: the log need not walk it.
+        return DispatchService.log_event(event, self.s.dispatch.live.state, self.agencies, who, plain=True)
 
     async def _next_number(self) -> IncidentNumber:
         """The next incident number of the year. The counter row is read once and stays locked

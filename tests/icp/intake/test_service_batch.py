@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
 
 from dispatch import events as dev
@@ -21,7 +23,7 @@ from geo.coords import Point
 from icp.config import Settings
 from icp.intake.service import CORRELATION_LOCK_KEY
 from icp.live import LivePicture
-from icp.store import database
+from icp.store import database, eventlog
 from icp.store.eventlog import NewEvent, RecordedEvent
 from icp.store.group_commit import GroupCommitter, Staged
 from tests.helpers import bearer
@@ -185,3 +187,33 @@ async def test_the_locked_look_up_of_repeats_uses_the_index_as_the_table_grows(d
         assert await scans() == before
     finally:
         await conn.close()
+
+
+async def test_intakes_plain_events_keep_the_chain_verifiable(client: TestClient, sensor: str,  # noqa: F811
+                                                              db_url: str) -> None:
+    # Intake writes its events' data as it builds it (NewEvent.plain), without the log's normalising
+    # walk. Coordinates that are whole numbers are where that could go wrong: jsonb gives them back
+    # as integers, and the audit recomputes every hash from what it reads back.
+    whole = {"lat": 60.0, "lon": 25.0}
+    results = await batch(client, sensor, [native("w-0", where=whole), native("w-1", where=whole),
+                                           native("f-0", where=near(0)), native("f-1", where=near(1))])
+    assert [r["outcome"] for r in results] == ["created", "attached", "created", "attached"]
+    conn = await database.connect(db_url)  # jsonb as Python values, as `icp audit verify` reads them
+    try:
+        verdict = await eventlog.verify(conn)
+        assert verdict.ok, verdict.reason
+        data = await conn.fetchval("SELECT data FROM events WHERE subject = $1", f"alert/{results[0]['alert_id']}")
+        assert data["location"] == {"lat": 60, "lon": 25}
+        links = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'incident.alert_linked'")
+        assert links == 2
+    finally:
+        await conn.close()
+
+
+def test_plain_event_data_must_be_a_dict() -> None:
+    with pytest.raises(eventlog.EventError, match="plain"):
+        NewEvent("x.y", "x/1", MappingProxyType({"a": 1}), plain=True)
+    with pytest.raises(eventlog.EventError, match="NaN"):
+        eventlog.json_number(float("nan"))
+    assert eventlog.json_number(60.0) == 60 and type(eventlog.json_number(60.0)) is int
+    assert eventlog.json_number(60.5) == 60.5
