@@ -18,6 +18,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
+import orjson
 import shapely
 from shapely.geometry import Point as ShapelyPoint
 from shapely.geometry.base import BaseGeometry
@@ -184,6 +185,7 @@ def _reject_constant(name: str) -> Any:
 
 # Made once: json.loads with an option builds a decoder on every call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 def load_json(body: bytes | bytearray | memoryview | str, *, max_bytes: int, what: str) -> Any:
@@ -191,6 +193,14 @@ def load_json(body: bytes | bytearray | memoryview | str, *, max_bytes: int, wha
     raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     if len(raw) > max_bytes:
         raise IntakeError("too_large", f"{what} is {len(raw)} bytes; at most {max_bytes} are accepted")
+    # orjson reads most bodies several times faster. It reads integers beyond 64 bits as floats,
+    # so a body with a run of 19 digits goes to the standard library, as does anything orjson
+    # refuses (UTF-16 or -32, a BOM, a lone surrogate, bad JSON): its answer or error stands.
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
         # As json.loads reads bytes: UTF-8, -16 or -32 by their first bytes (bad UTF-8: ValueError).
         return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))

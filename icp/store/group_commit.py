@@ -175,8 +175,10 @@ class GroupCommitter:
         )
         self._queue.append(_Item(work, events, future, batch_work, payload))
         self._wake.set()
-        # shield: a cancelled caller must not cancel the shared future other code relies on.
-        return await asyncio.shield(future)
+        # Awaited directly (asyncio.shield costs as much again per caller): a cancelled caller
+        # cancels only its own future; its work stays queued and commits, and the committer
+        # hands results only to futures not yet done.
+        return await future
 
     # -- the committer ---------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -216,7 +218,8 @@ class GroupCommitter:
                 encoded = [eventlog.encode(e) for e in staged.events]
         except Exception as exc:
             self.stats.failed_units += 1
-            item.future.set_exception(exc)
+            if not item.future.done():  # its caller may have been cancelled
+                item.future.set_exception(exc)
             return
         results.append((item, staged.result, encoded))
 

@@ -141,6 +141,22 @@ def test_json_in_any_encoding_rfc_8259_names_is_read(encoding):
     assert report.description == "Kamppi, 3. kerros — keittiö" and report.key == ("acme-smoke", "det-17/0001")
 
 
+@pytest.mark.parametrize("number", [2**64, 18446744073709551615, -(2**63) - 1, 10**30, 1.2345678901234567e-5])
+def test_numbers_in_a_senders_data_are_kept_exactly(number):
+    # Bodies are read by orjson where it reads them as the standard library does; integers that
+    # may not fit 64 bits (a run of 19 digits) and anything else it refuses go to the stdlib.
+    report = parse_native(json.dumps(alert(data={"serial": number, "nested": [number]})).encode(), CITY)
+    assert report.data["native"] == {"serial": number, "nested": [number]}
+    assert type(report.data["native"]["serial"]) is type(number)
+
+
+@pytest.mark.parametrize("raw", [b'{"source": NaN}', b'{"source": Infinity}', b'[' * 100_000, b'{"source": 1'])
+def test_what_neither_reader_takes_is_refused_as_malformed(raw):
+    with pytest.raises(IntakeError) as err:
+        parse_native(raw, IntakeConfig(max_json_bytes=200_000))
+    assert err.value.code == "malformed_json"
+
+
 def test_body_size_bound():
     big = body(alert(description="d" * 3000, data={f"k{i}": "v" * 100 for i in range(150)}))
     assert len(big) > 16 * 1024

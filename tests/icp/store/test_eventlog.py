@@ -270,6 +270,40 @@ async def test_a_failing_unit_fails_alone(pool: asyncpg.Pool, conn: asyncpg.Conn
     assert [e.type for e in await eventlog.read_after(conn, 0)] == ["test.good"] * 3
 
 
+async def test_a_cancelled_caller_withdraws_nothing_and_disturbs_nobody(pool: asyncpg.Pool,
+                                                                      conn: asyncpg.Connection) -> None:
+    committer = GroupCommitter(pool)
+    committer.start()
+    gate = asyncio.Event()
+
+    async def slow(c: asyncpg.Connection) -> Staged[str]:
+        await gate.wait()  # holds the transaction open while the others queue
+        return Staged("slow", [NewEvent("test.slow", "s", {})])
+
+    async def good(c: asyncpg.Connection) -> Staged[str]:
+        return Staged("ok", [NewEvent("test.good", "s", {})])
+
+    async def bad(c: asyncpg.Connection) -> Staged[str]:
+        await c.execute("SELECT 1/0")
+        return Staged("never", [])
+
+    try:
+        first = asyncio.create_task(committer.submit(slow))
+        await asyncio.sleep(0.05)
+        cancelled = [asyncio.create_task(committer.submit(w)) for w in (good, bad)]
+        kept = asyncio.create_task(committer.submit(good))
+        await asyncio.sleep(0.01)
+        for task in cancelled:
+            task.cancel()
+        gate.set()
+        assert (await first)[0] == "slow" and (await kept)[0] == "ok"
+        assert all(t.cancelled() for t in cancelled)
+    finally:
+        await committer.stop()
+    # The cancelled caller's good work committed all the same; the failing one failed alone.
+    assert [e.type for e in await eventlog.read_after(conn, 0)] == ["test.slow", "test.good", "test.good"]
+
+
 async def test_group_commit_queue_is_bounded(pool: asyncpg.Pool) -> None:
     committer = GroupCommitter(pool, max_queue=5)
     committer.start()
