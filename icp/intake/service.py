@@ -16,6 +16,7 @@ database (within the batch's transaction), so alerts of one batch see each other
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -41,6 +42,7 @@ from icp import jsontext
 from icp.auth.principal import Principal
 from icp.dispatch_service import EVERYONE, DispatchService
 from icp.intake.report import AlertReport, MsgType
+from icp.store import eventlog
 from icp.store.eventlog import NewEvent, json_number
 from icp.store.group_commit import GroupCommitter, Staged
 
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 CORRELATION_LOCK_KEY = 0x1C9_0003
 AUTO_DISPATCH = "auto_dispatch"
 ALERT_RECEIVED = "alert.received"
+_YIELD_EVERY = 100  # alerts encoded between two chances for the batch's write to go on
+MAX_BOXES_PER_TYPES = 64  # beyond this many boxes for one set of incident types, one box holds them all
 MAX_LINKED_ALERTS = 10_000  # the Incident aggregate's bound on its alert list (dispatch._checks.idents)
 
 
@@ -120,10 +124,21 @@ class IntakeService:
         none). A batch spread over a city with thousands of open incidents reads the few near its
         alerts, not all of them."""
         policy, rules = self.policy, self.rules
-        boxes = sorted({(_box(r.location, policy.reach_of(r.kind).radius_m),
-                         ",".join(sorted(policy.compatible_types(r.kind, rules))))
-                        for r in reports if r.location is not None})
-        boxes = [b for b in boxes if b[1]]
+        by_types: dict[str, set[tuple[float, float, float, float]]] = {}
+        for r in reports:
+            if r.location is not None:
+                types = ",".join(sorted(policy.compatible_types(r.kind, rules)))
+                if types:
+                    by_types.setdefault(types, set()).add(_box(r.location, policy.reach_of(r.kind).radius_m))
+        boxes: list[tuple[tuple[float, float, float, float], str]] = []
+        for types, found in sorted(by_types.items()):
+            if len(found) > MAX_BOXES_PER_TYPES:
+                # A batch spread over a city: one box around all of its alerts is one index scan,
+                # where hundreds of small ones cost PostgreSQL a scan each (a few more incidents
+                # read cost correlation nothing: it measures).
+                found = {(min(b[0] for b in found), max(b[1] for b in found),
+                          min(b[2] for b in found), max(b[3] for b in found))}
+            boxes += [(box, types) for box in sorted(found)]
         return [[b[0][0] for b in boxes], [b[0][1] for b in boxes], [b[0][2] for b in boxes],
                 [b[0][3] for b in boxes], [b[1] for b in boxes]]
 
@@ -169,14 +184,27 @@ class IntakeService:
         batch.opened([r for r in rows if r["seen_source"] is None])
         results: list[Staged[AlertOutcome] | None] = [None] * len(subs)
         randomness = os.urandom(10 * len(fresh)).hex()  # one call for the batch's alert ids
+        routed = []
         for k, n in enumerate(fresh):
-            sub = subs[n]
             alert_id = "AL-" + randomness[20 * k: 20 * k + 20]
-            outcome, staged, agencies = await batch.route(alert_id, sub)
-            # The 202 names its flags and findings.
-            outcome = AlertOutcome(outcome.alert_id, outcome.incident_id, outcome.outcome, outcome.reason, sub.report)
-            results[n] = Staged(outcome, [self._received(alert_id, sub, outcome, agencies), *staged])
-        await batch.flush()
+            routed.append((n, alert_id, await batch.route(alert_id, subs[n])))
+        # The batch's writes run in the database while its events are made and encoded here:
+        # that work needs no connection, and a large batch's write takes as long again.
+        write = asyncio.ensure_future(batch.flush())
+        try:
+            for k, (n, alert_id, (outcome, staged, agencies)) in enumerate(routed):
+                if k % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # lets the write send its next statement
+                sub = subs[n]
+                # The 202 names its flags and findings.
+                outcome = AlertOutcome(outcome.alert_id, outcome.incident_id, outcome.outcome, outcome.reason,
+                                       sub.report)
+                events = [self._received(alert_id, sub, outcome, agencies), *staged]
+                results[n] = Staged(outcome, [eventlog.encode(e) for e in events])
+        except BaseException:
+            await asyncio.gather(write, return_exceptions=True)  # the connection must be free again
+            raise
+        await write
         for n, sub in enumerate(subs):
             if results[n] is not None:
                 continue

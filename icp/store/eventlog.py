@@ -178,7 +178,7 @@ class NewEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class _Encoded:
+class EncodedEvent:
     """An event ready to append: its canonical texts, and its actor and data in the form a read of
     the stored row gives back (JSON values: lists, integral floats as ints), so the node that
     wrote it can hand it on without reading it back (`EventFeed.offer`)."""
@@ -200,8 +200,11 @@ def _cached_actor(items: tuple[tuple[str, Any], ...]) -> tuple[str, Mapping[str,
     return _encoded_actor(dict(items))
 
 
-def encode(event: NewEvent) -> _Encoded:
-    """Validate and encode an event before any transaction starts (so bad input fails alone)."""
+def encode(event: NewEvent | EncodedEvent) -> EncodedEvent:
+    """Validate and encode an event before any transaction starts (so bad input fails alone);
+    an event already encoded is returned as it is."""
+    if isinstance(event, EncodedEvent):
+        return event
     data = event.data if event.plain else _normalise(event.data)
     data_json = _canonical(data)
     if len(data_json) > MAX_EVENT_BYTES:
@@ -210,7 +213,7 @@ def encode(event: NewEvent) -> _Encoded:
         actor_json, actor = _cached_actor(tuple(sorted(event.actor.items())))
     except TypeError:  # unhashable values (nested objects): no caching
         actor_json, actor = _encoded_actor(event.actor)
-    return _Encoded(event, actor_json, data_json, actor, data)
+    return EncodedEvent(event, actor_json, data_json, actor, data)
 
 
 class RecordedEvent(NamedTuple):
@@ -253,7 +256,7 @@ _COLUMNS = ("seq", "at", "type", "subject", "visibility", "actor", "data", "prev
 
 
 async def append(
-    conn: asyncpg.Connection, events: Iterable[NewEvent | _Encoded], *, now: datetime | None = None
+    conn: asyncpg.Connection, events: Iterable[NewEvent | EncodedEvent], *, now: datetime | None = None
 ) -> list[RecordedEvent]:
     """Append events inside the caller's open transaction; they commit with it.
 
@@ -262,7 +265,7 @@ async def append(
     """
     if not conn.is_in_transaction():
         raise RuntimeError("eventlog.append must run inside a transaction")
-    encoded = [e if isinstance(e, _Encoded) else encode(e) for e in events]
+    encoded = [encode(e) for e in events]
     if not encoded:
         return []
     # One round trip (migration 0012): the lock, then the head read after it (so it sees the

@@ -44,7 +44,7 @@ class Staged(Generic[T]):
     """What a unit of work produced: a result for its caller and the events it records."""
 
     result: T
-    events: Sequence[NewEvent]
+    events: Sequence[NewEvent | eventlog.EncodedEvent]  # work may encode its own (eventlog.encode)
 
 
 Work = Callable[[asyncpg.Connection], Awaitable[Staged[T]]]
@@ -56,13 +56,13 @@ BatchWork = Callable[[asyncpg.Connection, list[Any]], Awaitable[list[Staged[Any]
 @dataclass(slots=True)
 class _Item:
     work: Work[Any] | None
-    events: list[eventlog._Encoded]
+    events: list[eventlog.EncodedEvent]
     future: asyncio.Future[tuple[Any, list[RecordedEvent]]]
     batch_work: BatchWork | None = None
     payload: Any = None
 
 
-_Results = list[tuple[_Item, Any, list[eventlog._Encoded]]]
+_Results = list[tuple[_Item, Any, list[eventlog.EncodedEvent]]]
 
 
 @dataclass
@@ -166,7 +166,7 @@ class GroupCommitter:
             raise Overloaded(f"{len(self._queue)} writes are waiting to commit")
 
     async def _enqueue(
-        self, work: Work[Any] | None, events: list[eventlog._Encoded], *, batch_work: BatchWork | None = None,
+        self, work: Work[Any] | None, events: list[eventlog.EncodedEvent], *, batch_work: BatchWork | None = None,
         payload: Any = None,
     ) -> tuple[Any, list[RecordedEvent]]:
         self._check_open(1)

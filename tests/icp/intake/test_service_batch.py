@@ -21,7 +21,7 @@ from dispatch.policy import DispatchPolicy
 from dispatch.state import DispatchState
 from geo.coords import Point
 from icp.config import Settings
-from icp.intake.service import CORRELATION_LOCK_KEY
+from icp.intake.service import CORRELATION_LOCK_KEY, MAX_BOXES_PER_TYPES
 from icp.live import LivePicture
 from icp.store import database, eventlog
 from icp.store.eventlog import NewEvent, RecordedEvent
@@ -217,3 +217,17 @@ def test_plain_event_data_must_be_a_dict() -> None:
         eventlog.json_number(float("nan"))
     assert eventlog.json_number(60.0) == 60 and type(eventlog.json_number(60.0)) is int
     assert eventlog.json_number(60.5) == 60.5
+
+
+async def test_a_batch_spread_over_many_places_reads_one_box_and_still_joins_the_right_incidents(
+        client: TestClient, sensor: str) -> None:  # noqa: F811
+    # Eighty buildings ~330 m apart (beyond smoke's 150 m): more boxes than intake reads one by
+    # one (MAX_BOXES_PER_TYPES), so the batch reads the open incidents in one box around them all.
+    places = [{"lat": BUILDING["lat"] + (i % 10) * 0.003 - 0.015, "lon": BUILDING["lon"] + (i // 10) * 0.006 - 0.024}
+              for i in range(80)]
+    assert len(places) > MAX_BOXES_PER_TYPES
+    opened = await batch(client, sensor, [native(f"first-{i}", where=p) for i, p in enumerate(places)])
+    assert [r["outcome"] for r in opened] == ["created"] * 80
+    again = await batch(client, sensor, [native(f"again-{i}", where=p) for i, p in enumerate(places)])
+    assert [r["outcome"] for r in again] == ["attached"] * 80
+    assert [r["incident_id"] for r in again] == [r["incident_id"] for r in opened]
