@@ -25,21 +25,18 @@ canonical: Callable[[Any], str] = json.JSONEncoder(
 lenient: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
-def compact(value: Any) -> str:
-    """Compact JSON text. NaN and infinities are written null (as JavaScript's JSON.stringify
-    does), so the text is always JSON; datetimes are written in RFC 3339."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # an integer beyond 64 bits or a key that is not a string: the stdlib writes those
-        return _compact_std(value)
-
-
 def compact_bytes(value: Any) -> bytes:
-    """`compact` as UTF-8 bytes (an HTTP body), without a round trip through str."""
+    """Compact JSON as UTF-8 bytes (an HTTP body). NaN and infinities are written null (as
+    JavaScript's JSON.stringify does), so the text is always JSON; datetimes in RFC 3339."""
     try:
         return orjson.dumps(value)
-    except TypeError:
+    except TypeError:  # an integer beyond 64 bits or a key that is not a string: the stdlib writes those
         return _compact_std(value).encode("utf-8")
+
+
+def compact(value: Any) -> str:
+    """`compact_bytes` as text."""
+    return compact_bytes(value).decode("utf-8")
 
 
 def canonical_finite(value: Any) -> str:

@@ -663,16 +663,13 @@ def lat_lon_point(obj: Any, where: str) -> Point:
             raise IntakeError("invalid_alert", f"{key} is required", f"{where}/{key}")
     try:
         return Point(lat=obj["lat"], lon=obj[lon_key])
-    except CoordinateError:
-        pass
+    except CoordinateError as exc:
+        problem = exc
     try:
         Point(lat=obj["lat"], lon=0.0)  # alone, so the error names the right member
     except CoordinateError as exc:
         raise IntakeError("invalid_alert", str(exc), f"{where}/lat") from None
-    try:
-        return Point(lat=obj["lat"], lon=obj[lon_key])
-    except CoordinateError as exc:
-        raise IntakeError("invalid_alert", str(exc), f"{where}/{lon_key}") from None
+    raise IntakeError("invalid_alert", str(problem), f"{where}/{lon_key}") from None
 
 
 def finite_number(value: object) -> float | None:
