@@ -18,6 +18,7 @@ from geo.coords import Point
 
 MAX_UNITS_PER_DISPATCH = 50
 MAX_REASON_CHARS = 500
+MAX_ALERTS_PER_LINK = 1000  # alerts one LinkAlerts (and one CreateIncident) names
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,7 +70,7 @@ class CreateIncident(Command):
         check.text(self.address, "address", max_len=500)
         if self.zone is not None:
             check.slug(self.zone, "zone")
-        check.set_field(self, "alert_ids", check.idents(self.alert_ids, "alert_ids", max_len=1000))
+        check.set_field(self, "alert_ids", check.idents(self.alert_ids, "alert_ids", max_len=MAX_ALERTS_PER_LINK))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +124,21 @@ class LinkAlert(Command):
     def __post_init__(self) -> None:
         check.ident(self.incident_id, "incident_id")
         check.ident(self.alert_id, "alert_id")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkAlerts(Command):
+    """Attach several correlated alerts to an open incident at once (a sensor storm's alerts of
+    one transaction): one fact for the lot. Ids already linked are skipped."""
+
+    incident_id: str
+    alert_ids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        check.ident(self.incident_id, "incident_id")
+        check.set_field(self, "alert_ids", check.idents(self.alert_ids, "alert_ids", max_len=MAX_ALERTS_PER_LINK))
+        if not self.alert_ids:
+            raise Invalid("alert_ids must name at least one alert", field="alert_ids")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -296,6 +312,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     UpdateIncident,
     AddNote,
     LinkAlert,
+    LinkAlerts,
     RaiseAlarmLevel,
     CloseIncident,
     CancelIncident,

@@ -17,7 +17,7 @@ from dispatch import commands as c
 from dispatch import events as e
 from dispatch.assignment import Assignment
 from dispatch.errors import Conflict, Invalid, UnitUnavailable
-from dispatch.incident import MAX_ALARM_LEVEL, MAX_NOTES, Incident
+from dispatch.incident import MAX_ALARM_LEVEL, MAX_ALERTS, MAX_NOTES, Incident
 from dispatch.lifecycle import (
     ASSIGNMENT,
     INCIDENT,
@@ -112,6 +112,19 @@ def _link(state: DispatchState, cmd: c.LinkAlert, now: datetime) -> list[e.Event
     if cmd.alert_id in incident.alert_ids:
         return []  # correlation may attach the same alert twice; once is the fact
     return [e.AlertLinked(at=now, incident_id=incident.id, alert_id=cmd.alert_id)]
+
+
+@_handles(c.LinkAlerts)
+def _link_many(state: DispatchState, cmd: c.LinkAlerts, now: datetime) -> list[e.Event]:
+    incident = _incident(state, cmd.incident_id, "link_alert", cmd.name)
+    known = set(incident.alert_ids)
+    new = tuple(a for a in cmd.alert_ids if a not in known)
+    if not new:
+        return []
+    if len(incident.alert_ids) + len(new) > MAX_ALERTS:
+        raise Conflict(f"incident {incident.id!r} already has {len(incident.alert_ids)} alerts"
+                       f" (at most {MAX_ALERTS})")
+    return [e.AlertsLinked(at=now, incident_id=incident.id, alert_ids=new)]
 
 
 @_handles(c.RaiseAlarmLevel)

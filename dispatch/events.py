@@ -17,7 +17,7 @@ from dispatch import _checks as check
 from dispatch import codec
 from dispatch.capability import Capability
 from dispatch.errors import Invalid
-from dispatch.incident import MAX_ALARM_LEVEL, MAX_NOTE_CHARS, IncidentNumber
+from dispatch.incident import MAX_ALARM_LEVEL, MAX_ALERTS, MAX_NOTE_CHARS, IncidentNumber
 from dispatch.lifecycle import AssignmentStatus, IncidentStatus, UnitStatus
 from geo.coords import Point
 
@@ -94,6 +94,18 @@ class NoteAdded(IncidentEvent):
 class AlertLinked(IncidentEvent):
     type: ClassVar[str] = "incident.alert_linked"
     alert_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertsLinked(IncidentEvent):
+    """Several alerts joined the incident at once (`LinkAlerts`), in this order."""
+
+    type: ClassVar[str] = "incident.alerts_linked"
+    alert_ids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        IncidentEvent.__post_init__(self)
+        check.set_field(self, "alert_ids", check.idents(self.alert_ids, "alert_ids", max_len=MAX_ALERTS))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -303,6 +315,7 @@ EVENT_TYPES: Mapping[str, type[Event]] = MappingProxyType(
             IncidentUpdated,
             NoteAdded,
             AlertLinked,
+            AlertsLinked,
             IncidentStatusChanged,
             AlarmRaised,
             IncidentEscalated,

@@ -102,6 +102,12 @@ def _alert(state: DispatchState, ev: e.AlertLinked) -> DispatchState:
     return _change(state, incident.id, alert_ids=(*incident.alert_ids, ev.alert_id))
 
 
+@_applies(e.AlertsLinked)
+def _alerts(state: DispatchState, ev: e.AlertsLinked) -> DispatchState:
+    incident = state.incident(ev.incident_id)
+    return _change(state, incident.id, alert_ids=(*incident.alert_ids, *ev.alert_ids))
+
+
 @_applies(e.IncidentStatusChanged)
 def _incident_status(state: DispatchState, ev: e.IncidentStatusChanged) -> DispatchState:
     return _change(state, ev.incident_id, status=ev.to_status)

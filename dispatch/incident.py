@@ -16,6 +16,7 @@ PRIORITY_LOWEST = 5
 MAX_ALARM_LEVEL = 5
 MAX_NOTE_CHARS = 10_000
 MAX_NOTES = 2_000
+MAX_ALERTS = 10_000  # bound on an incident's alert list
 
 _NUMBER = re.compile(r"(\d{4})-(\d{6,9})")
 
@@ -98,7 +99,7 @@ class Incident:
             check.slug(self.zone, "zone")
         check.integer(self.alarm_level, "alarm_level", lo=1, hi=MAX_ALARM_LEVEL)
         check.set_field(self, "notes", check.tuple_of(self.notes, Note, "notes", max_len=MAX_NOTES))
-        check.set_field(self, "alert_ids", check.idents(self.alert_ids, "alert_ids"))
+        check.set_field(self, "alert_ids", check.idents(self.alert_ids, "alert_ids", max_len=MAX_ALERTS))
         check.set_field(self, "assignment_ids", check.idents(self.assignment_ids, "assignment_ids"))
         check.optional_aware(self.escalated_at, "escalated_at")
         check.optional_aware(self.ended_at, "ended_at")

@@ -38,17 +38,18 @@ PLANS_UPDATED = "response_plans.updated"
 # The event types `_apply_one` changes the picture for.
 _PICTURE_EVENTS = frozenset({AGENCY_SAVED, STATION_SAVED, UNIT_SAVED, PLANS_UPDATED, *dev.EVENT_TYPES})
 ALERT_LINKED = dev.AlertLinked.type
+ALERTS_LINKED = dev.AlertsLinked.type
 _INCIDENT_FIELDS = tuple(f.name for f in fields(Incident) if f.name != "alert_ids")
 
 
-def _with_alert(incident: Incident, alert_id: str) -> Incident:
-    """``incident`` with ``alert_id`` appended to its alerts, as `evolve` makes it for an
-    ``AlertLinked``, without checking every field (and the whole alert list) again: the event is
-    a fact `decide` checked."""
+def _with_alerts(incident: Incident, alert_ids: tuple[str, ...]) -> Incident:
+    """``incident`` with ``alert_ids`` appended to its alerts, as `evolve` makes it for an
+    ``AlertLinked`` or ``AlertsLinked``, without checking every field (and the whole alert list)
+    again: the event is a fact `decide` checked."""
     out = object.__new__(Incident)
     for name in _INCIDENT_FIELDS:
         object.__setattr__(out, name, getattr(incident, name))
-    object.__setattr__(out, "alert_ids", (*incident.alert_ids, alert_id))
+    object.__setattr__(out, "alert_ids", (*incident.alert_ids, *alert_ids))
     return out
 
 
@@ -115,7 +116,7 @@ class LivePicture:
                 if recorded.seq <= self.applied_seq:
                     continue
                 try:
-                    if recorded.type == ALERT_LINKED:
+                    if recorded.type == ALERT_LINKED or recorded.type == ALERTS_LINKED:
                         self._link(linked, recorded.data)
                     elif recorded.type in _PICTURE_EVENTS:
                         if linked:
@@ -132,11 +133,12 @@ class LivePicture:
                 self._commit_links(linked)
 
     def _link(self, linked: dict[str, Incident], data: Mapping[str, Any]) -> None:
-        incident_id, alert_id = data["incident_id"], data["alert_id"]
-        if not isinstance(alert_id, str):
-            raise TypeError("alert_id must be a string")
+        incident_id = data["incident_id"]
+        alert_ids = tuple(data["alert_ids"]) if "alert_ids" in data else (data["alert_id"],)
+        if not all(isinstance(a, str) for a in alert_ids):
+            raise TypeError("alert ids must be strings")
         incident = linked.get(incident_id) or self.state.incidents[incident_id]
-        linked[incident_id] = _with_alert(incident, alert_id)
+        linked[incident_id] = _with_alerts(incident, alert_ids)
         if "agency_ids" in data:
             self.incident_agencies[incident_id] = list(data["agency_ids"])
 

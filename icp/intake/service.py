@@ -29,11 +29,12 @@ import asyncpg
 from dispatch import commands as cmd
 from dispatch import events as dev
 from dispatch.alert_rules import AlertRules, default_alert_rules
+from dispatch.commands import MAX_ALERTS_PER_LINK
 from dispatch.correlation import AlertFacts, OpenIncident, OpenIncidents, correlate, default_policy
 from dispatch.decide import decide
 from dispatch.errors import DomainError
 from dispatch.evolve import evolve_all
-from dispatch.incident import Incident, IncidentNumber
+from dispatch.incident import MAX_ALERTS, Incident, IncidentNumber
 from dispatch.lifecycle import INCIDENT, OPEN_INCIDENT, IncidentStatus
 from dispatch.state import DispatchState
 from geo.coords import Point
@@ -49,10 +50,12 @@ from icp.store.group_commit import GroupCommitter, Staged
 log = logging.getLogger(__name__)
 CORRELATION_LOCK_KEY = 0x1C9_0003
 AUTO_DISPATCH = "auto_dispatch"
-ALERT_RECEIVED = "alert.received"
-_YIELD_EVERY = 100  # alerts encoded between two chances for the batch's write to go on
+ALERTS_RECEIVED = "alerts.received"
+# Alerts summarised in one alerts.received event: a summary is at most ~3 KB (its texts are
+# bounded), so an event stays well under the log's bound on one event (eventlog.MAX_EVENT_BYTES).
+RECEIVED_PER_EVENT = 64
+_YIELD_EVERY = 100  # alerts summarised between two chances for the batch's write to go on
 MAX_BOXES_PER_TYPES = 64  # beyond this many boxes for one set of incident types, one box holds them all
-MAX_LINKED_ALERTS = 10_000  # the Incident aggregate's bound on its alert list (dispatch._checks.idents)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +162,9 @@ class IntakeService:
     async def _record_many(self, conn: asyncpg.Connection, subs: list[_Submission]) -> list[Staged[AlertOutcome]]:
         """Find the repeats with one statement, route the new alerts in order (correlation in
         memory, against one read of the open incidents nearby), write what they did in a few
-        statements (each alert inserted once, with its outcome), and stage each alert's events.
+        statements (each alert inserted once, with its outcome), and stage the events: what the
+        alerts caused (incidents opened or changed; one `incident.alerts_linked` per incident for
+        the alerts that joined it) and `alerts.received` summarising the alerts themselves.
 
         Every intake transaction holds the correlation lock from its start, so no other node
         inserts alerts meanwhile: what the first read did not find is new."""
@@ -188,19 +193,29 @@ class IntakeService:
         for k, n in enumerate(fresh):
             alert_id = "AL-" + randomness[20 * k: 20 * k + 20]
             routed.append((n, alert_id, await batch.route(alert_id, subs[n])))
+        links = batch.link_events()  # of the links the flush below writes
         # The batch's writes run in the database while its events are made and encoded here:
         # that work needs no connection, and a large batch's write takes as long again.
         write = asyncio.ensure_future(batch.flush())
         try:
+            outcomes: list[AlertOutcome] = []
+            encoded: list[list[eventlog.EncodedEvent]] = []
+            received: dict[tuple[str, Principal, tuple[str, ...]], list[dict[str, Any]]] = {}
             for k, (n, alert_id, (outcome, staged, agencies)) in enumerate(routed):
                 if k % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # lets the write send its next statement
                 sub = subs[n]
                 # The 202 names its flags and findings.
-                outcome = AlertOutcome(outcome.alert_id, outcome.incident_id, outcome.outcome, outcome.reason,
-                                       sub.report)
-                events = [self._received(alert_id, sub, outcome, agencies), *staged]
-                results[n] = Staged(outcome, [eventlog.encode(e) for e in events])
+                outcomes.append(AlertOutcome(outcome.alert_id, outcome.incident_id, outcome.outcome, outcome.reason,
+                                             sub.report))
+                encoded.append([eventlog.encode(e) for e in staged])
+                received.setdefault((sub.report.source, sub.who, tuple(agencies) or (EVERYONE,)), []).append(
+                    _summary(alert_id, sub.report, outcome))
+            if routed:  # what was received comes first; the links the flush writes come last
+                encoded[0][:0] = [eventlog.encode(e) for e in _received_events(received)]
+                encoded[-1] += [eventlog.encode(e) for e in links]
+            for (n, _, _), outcome, events in zip(routed, outcomes, encoded, strict=True):
+                results[n] = Staged(outcome, events)
         except BaseException:
             await asyncio.gather(write, return_exceptions=True)  # the connection must be free again
             raise
@@ -215,18 +230,6 @@ class IntakeService:
             results[n] = Staged(AlertOutcome(alert_id, incident_id, "duplicate",
                                              "this (source, identifier) was received before"), [])
         return [r for r in results if r is not None]
-
-    def _received(self, alert_id: str, sub: _Submission, outcome: AlertOutcome, agencies: list[str]) -> NewEvent:
-        report, loc = sub.report, sub.report.location
-        # Plain data (strings, lists of strings, numbers in canonical form): the log need not walk it.
-        return NewEvent(ALERT_RECEIVED, f"alert/{alert_id}", {
-            "alert_id": alert_id, "source": report.source, "identifier": report.identifier,
-            "kind": report.kind.value, "msg_type": report.msg_type.value, "severity": report.severity.value,
-            "certainty": report.certainty.value, "headline": report.headline[:200],
-            "location": {"lat": json_number(loc.lat), "lon": json_number(loc.lon)} if loc else None,
-            "location_flags": [f.value for f in report.location_flags],
-            "incident_id": outcome.incident_id, "outcome": outcome.outcome, "reason": outcome.reason,
-        }, actor=sub.who.actor(), visibility=tuple(agencies) or (EVERYONE,), plain=True)
 
     async def _visibility(self, conn: asyncpg.Connection, incident_id: str | None) -> tuple[str, ...]:
         if incident_id is None:
@@ -292,6 +295,35 @@ class IntakeService:
         return AlertOutcome(alert_id, touched, "recorded", reason), staged
 
 
+def _summary(alert_id: str, report: AlertReport, outcome: AlertOutcome) -> dict[str, Any]:
+    """An alert as `alerts.received` lists it. Plain data (strings, lists of strings, numbers in
+    canonical form): the log need not walk it."""
+    loc = report.location
+    return {
+        "alert_id": alert_id, "source": report.source, "identifier": report.identifier,
+        "kind": report.kind.value, "msg_type": report.msg_type.value, "severity": report.severity.value,
+        "certainty": report.certainty.value, "headline": report.headline[:200],
+        "location": {"lat": json_number(loc.lat), "lon": json_number(loc.lon)} if loc else None,
+        "location_flags": [f.value for f in report.location_flags],
+        "incident_id": outcome.incident_id, "outcome": outcome.outcome, "reason": outcome.reason[:500],
+    }
+
+
+def _received_events(received: dict[tuple[str, Principal, tuple[str, ...]], list[dict[str, Any]]]
+                     ) -> list[NewEvent]:
+    """One `alerts.received` per sender, principal and visibility (the agencies of the alerts'
+    incidents), at most `RECEIVED_PER_EVENT` alerts each, in the order they were received. One
+    event per alert cost a storm more than routing the alert did, and a console or webhook
+    receiver follows a storm better in lots."""
+    out = []
+    for (source, who, visibility), summaries in received.items():
+        for start in range(0, len(summaries), RECEIVED_PER_EVENT):
+            part = summaries[start:start + RECEIVED_PER_EVENT]
+            out.append(NewEvent(ALERTS_RECEIVED, f"source/{source}"[:200], {"source": source, "alerts": part},
+                                actor=who.actor(), visibility=visibility, plain=True))
+    return out
+
+
 def _box(point: Point, reach_m: float) -> tuple[float, float, float, float]:
     """(lat0, lat1, lon0, lon1) holding everything within ``reach_m`` of ``point`` with room to
     spare (correlation measures exactly), rounded outward to 1e-4 degrees so that the alerts of
@@ -315,10 +347,12 @@ class _Batch:
     """One batch's routing. Correlation runs in memory over one read of the open incidents near
     the batch (kept current as alerts open and join incidents).
 
-    Joining an incident is usually a plain link, and that path stays light: the event is made
-    here (after the lifecycle check `decide` makes for a link), and `flush` appends the batch's
-    alert ids to each incident's document with one statement, without loading, decoding or
-    re-encoding the incident (whose alert list grows with every detector that fires). An incident
+    Joining an incident is usually a plain link, and that path stays light: the links are kept
+    here, by incident; `flush` appends the batch's alert ids to each incident's alert list with
+    one statement, without loading, decoding or re-encoding the incident (whose alert list grows
+    with every detector that fires), and `link_events` makes one `incident.alerts_linked` per
+    incident for them (the event `decide` gives for `LinkAlerts`; `flush` checks that the
+    incident is still open, as `decide` would). An incident
     that this batch opens, or whose priority or type an alert raises, is locked and loaded whole
     and goes through the dispatch core. `flush` also inserts each alert once, with where it went,
     and takes incident numbers from one locked read of the year's counter. CAP Update and Cancel
@@ -332,7 +366,9 @@ class _Batch:
         self.incidents: dict[str, Incident] = {}  # loaded whole (opened here, or changed by an alert)
         self.agencies: dict[str, list[str]] = {}
         self.dirty: set[str] = set()
-        self.linked: dict[str, list[dev.AlertLinked]] = {}  # light links not yet written, by incident
+        # Light links not yet written, by incident: (alert id, who sent the alert), in order.
+        self.linked: dict[str, list[tuple[str, Principal]]] = {}
+        self.due: list[NewEvent] = []  # events of links written while routing an alert, staged with it
         self.rows: list[tuple[str, _Submission, str | None, str]] = []  # alerts to insert
         self.last_alert: dict[str, datetime] = {}
         self.timers: list[tuple[str, str, datetime]] = []
@@ -341,8 +377,15 @@ class _Batch:
 
     async def route(self, alert_id: str, sub: _Submission) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
         """Where the alert goes: its outcome, the events that causes, and its incident's agencies."""
+        outcome, staged, agencies = await self._route(alert_id, sub)
+        if self.due:  # links written before this alert's own changes
+            staged, self.due = [*self.due, *staged], []
+        return outcome, staged, agencies
+
+    async def _route(self, alert_id: str, sub: _Submission) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
         s, report, who = self.s, sub.report, sub.who
         if report.msg_type is MsgType.CANCEL or (report.msg_type is MsgType.UPDATE and report.references):
+            self.due += self.link_events()
             await self.flush()  # the per-alert paths read and write the database directly
             self.open, self.incidents, self.agencies = None, {}, {}
             handled = (await s._cancel(self.conn, report, alert_id, self.now, who)
@@ -368,11 +411,12 @@ class _Batch:
             incident_id = correlation.incident_id
             current = open_now.get(incident_id)
             # Near the bound of an incident's alert list the whole aggregate checks it, as before.
-            crowded = current is None or current.alert_count + 1 >= MAX_LINKED_ALERTS
+            crowded = current is None or current.alert_count + 1 >= MAX_ALERTS
             if incident_id in self.incidents or correlation.changed or crowded:
                 staged = await self._apply(incident_id, correlation.commands(), who)
             else:
-                staged = [self._link(incident_id, alert_id, who)]
+                staged = []
+                self.linked.setdefault(incident_id, []).append((alert_id, who))
             if current is not None:
                 self.open = open_now.with_incident(current.after(correlation, at))
             self._joined(alert_id, sub, incident_id, "attached", at)
@@ -404,14 +448,28 @@ class _Batch:
         previous = self.last_alert.get(incident_id)
         self.last_alert[incident_id] = at if previous is None or at > previous else previous
 
-    def _link(self, incident_id: str, alert_id: str, who: Principal) -> NewEvent:
-        """A plain link to an incident of the snapshot: the event `decide` gives for `LinkAlert`
-        (the alert id is new, so it is not linked yet), written by `flush`, which checks that the
-        incident is still open then."""
-        event = dev.AlertLinked(at=self.now, incident_id=incident_id, alert_id=alert_id)
-        self.linked.setdefault(incident_id, []).append(event)
-        # Its data (ids, a time, agency ids) is plain: the log need not walk it.
-        return DispatchService.log_event(event, self.s.dispatch.live.state, self.agencies, who, plain=True)
+    def _links(self, incident_id: str, pending: list[tuple[str, Principal]]
+               ) -> list[tuple[dev.AlertsLinked, Principal]]:
+        """The light links to one incident as the facts `decide` gives for `LinkAlerts` (the
+        alert ids are new, so none is linked yet): one per run of alerts from the same sender,
+        at most `MAX_ALERTS_PER_LINK` ids each, in order."""
+        out: list[tuple[dev.AlertsLinked, Principal]] = []
+        start = 0
+        while start < len(pending):
+            who, end = pending[start][1], start + 1
+            while end < len(pending) and end - start < MAX_ALERTS_PER_LINK and pending[end][1] == who:
+                end += 1
+            out.append((dev.AlertsLinked(at=self.now, incident_id=incident_id,
+                                         alert_ids=tuple(a for a, _ in pending[start:end])), who))
+            start = end
+        return out
+
+    def link_events(self) -> list[NewEvent]:
+        """The events of the light links the next `flush` writes."""
+        state, agencies = self.s.dispatch.live.state, self.agencies
+        # Their data (ids, a time, agency ids) is plain: the log need not walk it.
+        return [DispatchService.log_event(event, state, agencies, who, plain=True)
+                for incident_id, pending in self.linked.items() for event, who in self._links(incident_id, pending)]
 
     async def _next_number(self) -> IncidentNumber:
         """The next incident number of the year. The counter row is read once and stays locked
@@ -434,13 +492,16 @@ class _Batch:
             if row is None:
                 raise _Stale(f"incident {incident_id} is gone")
             incident = store.incident_from(row["doc"])
-            pending = self.linked.pop(incident_id, [])
+            pending = self._links(incident_id, self.linked.pop(incident_id, []))
             if pending and list(row["agency_ids"]) != self.agencies[incident_id]:
                 raise _Stale(f"incident {incident_id} changed agencies while alerts joined it")
-            # Links this batch made before loading it are not in the document yet.
+            # Links this batch made before loading it are not in the document yet: they are
+            # applied, and their events staged, before what this alert changes.
             self.incidents[incident_id] = evolve_all(DispatchState(incidents={incident_id: incident}),
-                                                     pending).incidents[incident_id]
+                                                     [e for e, _ in pending]).incidents[incident_id]
             self.agencies[incident_id] = list(row["agency_ids"])
+            self.due += [DispatchService.log_event(e, self.s.dispatch.live.state, self.agencies, w, plain=True)
+                         for e, w in pending]
         live = self.s.dispatch.live
         state = DispatchState(agencies=live.state.agencies, policy=live.policy,
                               incidents={incident_id: self.incidents[incident_id]} if incident_id in self.incidents
@@ -488,7 +549,7 @@ class _Batch:
         it went. Then the checks that the incidents joined without their lock are still open and
         still belong to the same agencies."""
         ids = sorted(self.last_alert)
-        links = [(i, e.alert_id) for i, events in self.linked.items() for e in events]
+        links = [(i, a) for i, pending in self.linked.items() for a, _ in pending]
         rows = self.rows
         result = await self.conn.fetch(
             "WITH num AS (UPDATE incident_numbers SET last = $6 WHERE year = $5 AND $6::integer IS NOT NULL),"

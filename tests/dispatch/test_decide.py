@@ -15,7 +15,7 @@ from dispatch.agency import Agency, Station
 from dispatch.decide import decide
 from dispatch.errors import Conflict, DomainError, IllegalTransition, Invalid, NotFound, UnitUnavailable
 from dispatch.evolve import evolve, evolve_all, handle
-from dispatch.incident import IncidentNumber
+from dispatch.incident import MAX_ALERTS, IncidentNumber
 from dispatch.lifecycle import (
     ACTIVE_ASSIGNMENT,
     UNIT_WITH_PATIENT,
@@ -304,6 +304,33 @@ def test_incident_chores():
         decide(s, c.RaiseAlarmLevel(incident_id="I1"), at(8))
 
 
+def test_link_alerts_adds_the_new_ids_in_order_as_one_fact():
+    s, _ = run(world(), (CREATE, 0), (c.LinkAlert(incident_id="I1", alert_id="alert-2"), 1))
+    events = decide(s, c.LinkAlerts(incident_id="I1", alert_ids=("alert-4", "alert-2", "alert-3")), at(2))
+    assert events == [e.AlertsLinked(at=at(2), incident_id="I1", alert_ids=("alert-4", "alert-3"))]
+    s = evolve_all(s, events)
+    assert s.incidents["I1"].alert_ids == ("alert-1", "alert-2", "alert-4", "alert-3")
+    assert decide(s, c.LinkAlerts(incident_id="I1", alert_ids=("alert-3", "alert-1")), at(3)) == []
+    with pytest.raises(Invalid, match="same id twice"):
+        c.LinkAlerts(incident_id="I1", alert_ids=("a", "a"))
+    with pytest.raises(Invalid, match="at least one"):
+        c.LinkAlerts(incident_id="I1", alert_ids=())
+    with pytest.raises(Invalid):
+        c.LinkAlerts(incident_id="I1", alert_ids=tuple(f"a{n}" for n in range(c.MAX_ALERTS_PER_LINK + 1)))
+    closed, _ = run(s, (c.CloseIncident(incident_id="I1"), 4))
+    with pytest.raises(IllegalTransition, match="LinkAlerts: incident 'I1' is closed"):
+        decide(closed, c.LinkAlerts(incident_id="I1", alert_ids=("alert-9",)), at(5))
+
+
+def test_link_alerts_keeps_an_incident_within_its_bound():
+    s, _ = run(world(), (CREATE, 0))
+    full = (*s.incidents["I1"].alert_ids, *(f"x{n}" for n in range(MAX_ALERTS - 2)))
+    s = replace(s, incidents={"I1": replace(s.incidents["I1"], alert_ids=full)})
+    assert len(decide(s, c.LinkAlerts(incident_id="I1", alert_ids=("y1",)), at(1))[0].alert_ids) == 1
+    with pytest.raises(Conflict, match="at most 10000"):
+        decide(s, c.LinkAlerts(incident_id="I1", alert_ids=("y1", "y2")), at(1))
+
+
 def test_notes_after_close_but_no_updates():
     s, _ = run(world(), (CREATE, 0), (c.CloseIncident(incident_id="I1"), 5),
                (c.AddNote(incident_id="I1", author="d", text="report filed"), 6))
@@ -359,6 +386,7 @@ def test_errors_have_stable_codes():
 STORY = (
     (CREATE, 0),
     (c.LinkAlert(incident_id="I1", alert_id="alert-7"), 1),
+    (c.LinkAlerts(incident_id="I1", alert_ids=("alert-8", "alert-9")), 2),
     (c.DispatchUnits(incident_id="I1", units=(c.UnitRequest("e1", "ENGINE"), c.UnitRequest("m1"))), 20),
     (c.TimeoutAssignment(assignment_id="I1-A2", replacement_unit_id="e2"), 90),
     (c.DispatchUnits.of("I1", "e2"), 95),
@@ -409,7 +437,7 @@ def test_every_event_type_is_produced_registered_and_round_trips():
     )
     log = story + other + aid
     assert {ev.type for ev in log} == set(e.EVENT_TYPES)
-    assert len(e.EVENT_TYPES) == 22
+    assert len(e.EVENT_TYPES) == 23
     for ev in log:
         assert e.EVENT_TYPES[ev.type] is type(ev)
         assert e.event_from_dict(json.loads(json.dumps(ev.to_dict()))) == ev

@@ -231,7 +231,7 @@ async function loadHistory(head) {
     }
     for (const ev of batch.events) {
       if (ev.type === "unit.status_changed") S.statusSince.set(ev.data.unit_id, ev.at);
-      if (ev.type === "alert.received") addAlert(ev, false);
+      if (ev.type === "alerts.received") addAlerts(ev, false);
     }
     if (batch.events.length < 1000) return;
     after = batch.next_after;
@@ -310,7 +310,7 @@ function onEvent(ev) {
   if (ev.type === "unit.saved") reloadUnitsSoon();
   if (ev.type === "agency.saved") loadReference().catch(() => {});
   if (ev.type.startsWith("areas.")) get("/api/v1/geo/areas").then((a) => map.setAreas(a)).catch(() => {});
-  if (ev.type === "alert.received") addAlert(ev, true);
+  if (ev.type === "alerts.received") addAlerts(ev, true);
   if (ev.type.startsWith("message.") || ev.type.startsWith("channel.")) chat.onEvent(ev);
   // Calls, recordings and cameras of the open incident: its timeline (and camera list) again.
   if (/^(call|recording|camera)\./.test(ev.type) && d.incident_id && d.incident_id === S.selected) {
@@ -330,10 +330,12 @@ function onPositions(list) {
   positionsApplied(performance.now() - started);
 }
 
-function addAlert(ev, live) {
-  const d = ev.data || {};
-  if (S.alerts.some((a) => a.alert_id === d.alert_id)) return;
-  S.alerts.unshift({ ...d, at: ev.at });
+// One alerts.received event lists the alerts of one sender committed together, oldest first.
+function addAlerts(ev, live) {
+  const known = new Set(S.alerts.map((a) => a.alert_id));
+  for (const d of (ev.data && ev.data.alerts) || []) {
+    if (!known.has(d.alert_id)) S.alerts.unshift({ ...d, at: ev.at });
+  }
   S.alerts.length = Math.min(S.alerts.length, 40);
   if (live) renderAlerts();
 }
@@ -623,6 +625,8 @@ function describe(ev) {
     case "incident.status_changed": return `status ${d.from_status} → ${d.to_status}`;
     case "incident.note_added": return `note: ${d.text}`;
     case "incident.alert_linked": return `alert ${d.alert_id} linked`;
+    case "incident.alerts_linked": return d.alert_ids.length === 1 ? `alert ${d.alert_ids[0]} linked`
+      : `${d.alert_ids.length} alerts linked (${d.alert_ids[0]} …)`;
     case "call.started": return `call ${memberName(d.caller)} → ${memberName(d.callee)}`;
     case "call.ended": return `call ${words(d.state)}${d.duration_s ? `, ${duration(d.duration_s)}` : ""}${d.reason && d.reason !== "hangup" ? ` (${d.reason})` : ""}`;
     case "recording.available": return `${d.kind} recording${d.speaker ? ` of ${memberName(d.speaker)}` : ""}, ${duration(d.duration_s)}`;
