@@ -15,13 +15,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from dispatch import events as dev
+from dispatch.commands import MAX_ALERTS_PER_LINK
 from dispatch.evolve import evolve
 from dispatch.incident import Incident, IncidentNumber
 from dispatch.policy import DispatchPolicy
 from dispatch.state import DispatchState
 from geo.coords import Point
+from icp.auth.principal import Principal, Role
 from icp.config import Settings
-from icp.intake.service import CORRELATION_LOCK_KEY, MAX_BOXES_PER_TYPES
+from icp.intake.service import CORRELATION_LOCK_KEY, MAX_BOXES_PER_TYPES, RECEIVED_PER_EVENT, _Batch
 from icp.live import LivePicture
 from icp.store import database, eventlog
 from icp.store.eventlog import NewEvent, RecordedEvent
@@ -236,3 +238,55 @@ async def test_a_batch_spread_over_many_places_reads_one_box_and_still_joins_the
     again = await batch(client, sensor, [native(f"again-{i}", where=p) for i, p in enumerate(places)])
     assert [r["outcome"] for r in again] == ["attached"] * 80
     assert [r["incident_id"] for r in again] == [r["incident_id"] for r in opened]
+
+
+async def test_a_transactions_alerts_are_listed_in_lots_by_who_may_see_them(client: TestClient, make_token: Any,
+                                                                            db_url: str) -> None:
+    # A key of the fire department's own detectors: the incidents they open are the department's.
+    sensor = await make_token("sensor", name="hfd detectors", source="kamppi-detectors", agency="hfd")
+    # 150 detectors in one building (an incident's agencies see them) and a camera's alert
+    # (recorded for a person to look at; everyone sees it): alerts.received lists them in order,
+    # in lots of at most RECEIVED_PER_EVENT, one set of lots per audience.
+    items = [native(f"lot-{i}", where=near(i % 10)) for i in range(150)]
+    items.insert(70, native("lot-camera", kind="camera"))
+    results = await batch(client, sensor, items)
+    far = results.pop(70)
+    assert far["outcome"] == "recorded" and {r["outcome"] for r in results[1:]} == {"attached"}
+    conn = await database.connect(db_url)
+    try:
+        rows = await conn.fetch("SELECT seq, subject, visibility, actor, data FROM events"
+                                " WHERE type = 'alerts.received' ORDER BY seq")
+        incident_rows = [r for r in rows if r["visibility"] != ["*"]]
+        assert [len(r["data"]["alerts"]) for r in incident_rows] == [RECEIVED_PER_EVENT, RECEIVED_PER_EVENT, 22]
+        listed = [a for r in incident_rows for a in r["data"]["alerts"]]
+        assert [a["alert_id"] for a in listed] == [r["alert_id"] for r in results]
+        assert [(a["incident_id"], a["outcome"]) for a in listed] == [(r["incident_id"], r["outcome"])
+                                                                      for r in results]
+        assert listed[0]["identifier"] == "lot-0" and listed[0]["kind"] == "smoke"
+        agencies = await conn.fetchval("SELECT agency_ids FROM incidents WHERE id = $1", results[0]["incident_id"])
+        assert all(r["visibility"] == sorted(agencies) for r in incident_rows)
+        [everyone] = [r for r in rows if r["visibility"] == ["*"]]
+        assert [a["alert_id"] for a in everyone["data"]["alerts"]] == [far["alert_id"]]
+        assert everyone["data"]["alerts"][0]["kind"] == "camera"
+        assert {r["subject"] for r in rows} == {"source/kamppi-detectors"}
+        assert {r["actor"]["source"] for r in rows} == {"kamppi-detectors"}
+        # What was received comes before what it caused.
+        first_created = await conn.fetchval("SELECT min(seq) FROM events WHERE type = 'incident.created'")
+        assert rows[0]["seq"] < first_created
+        verdict = await eventlog.verify(conn)
+        assert verdict.ok, verdict.reason
+    finally:
+        await conn.close()
+
+
+def test_light_links_are_one_fact_per_run_of_one_sender_within_the_bound() -> None:
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    a, b = (Principal(kind="token", id=n, name=n, role=Role.SENSOR) for n in ("1", "2"))
+    routing = object.__new__(_Batch)
+    routing.now = at
+    pending = ([(f"A{n}", a) for n in range(MAX_ALERTS_PER_LINK + 5)] + [("B0", b), ("B1", b)] + [("A-last", a)])
+    facts = routing._links("2026-000001", pending)
+    assert [(len(e.alert_ids), who.id) for e, who in facts] == [(MAX_ALERTS_PER_LINK, "1"), (5, "1"), (2, "2"),
+                                                                (1, "1")]
+    assert [x for e, _ in facts for x in e.alert_ids] == [x for x, _ in pending]
+    assert all(e.incident_id == "2026-000001" and e.at == at for e, _ in facts)
