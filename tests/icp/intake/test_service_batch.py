@@ -243,13 +243,13 @@ async def test_a_batch_spread_over_many_places_reads_one_box_and_still_joins_the
 async def test_a_transactions_alerts_are_listed_in_lots_by_who_may_see_them(client: TestClient, make_token: Any,
                                                                             db_url: str) -> None:
     # A key of the fire department's own detectors: the incidents they open are the department's.
-    sensor = await make_token("sensor", name="hfd detectors", source="kamppi-detectors", agency="hfd")
+    hfd = await make_token("sensor", name="hfd detectors", source="kamppi-detectors", agency="hfd")
     # 150 detectors in one building (an incident's agencies see them) and a camera's alert
     # (recorded for a person to look at; everyone sees it): alerts.received lists them in order,
     # in lots of at most RECEIVED_PER_EVENT, one set of lots per audience.
     items = [native(f"lot-{i}", where=near(i % 10)) for i in range(150)]
     items.insert(70, native("lot-camera", kind="camera"))
-    results = await batch(client, sensor, items)
+    results = await batch(client, hfd, items)
     far = results.pop(70)
     assert far["outcome"] == "recorded" and {r["outcome"] for r in results[1:]} == {"attached"}
     conn = await database.connect(db_url)
