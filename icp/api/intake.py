@@ -12,7 +12,7 @@ from aiohttp import web
 from shapely.geometry import box
 
 from geo.coords import Point
-from icp import appkeys
+from icp import appkeys, jsontext
 from icp.api.writes import point_field, reject_unknown
 from icp.auth.guard import principal, require
 from icp.auth.principal import Principal, Role
@@ -22,7 +22,7 @@ from icp.httpapi import json_response, operation, read_json_object
 from icp.intake.cap import parse_cap
 from icp.intake.native import MAX_BATCH_BYTES, parse_native, parse_native_batch
 from icp.intake.registry import InMemorySensorRegistry, SensorRecord
-from icp.intake.report import AlertReport, IntakeConfig, IntakeError
+from icp.intake.report import AlertReport, IntakeConfig, IntakeError, load_json
 from icp.intake.sensorthings import observation_report, read_observation
 from icp.ratelimit import RateLimiter, retry_after
 
@@ -117,8 +117,9 @@ async def post_alert(request: web.Request) -> web.Response:
 @require(Role.SENSOR)
 async def post_batch(request: web.Request) -> web.Response:
     config = intake_config(request.app)
-    raw = await _body(request, MAX_BATCH_BYTES)
-    items = parse_native_batch(raw, config)
+    body = load_json(await _body(request, MAX_BATCH_BYTES), max_bytes=MAX_BATCH_BYTES, what="batch")
+    items = parse_native_batch(body, config)
+    sent = body["alerts"] if isinstance(body, dict) else body  # the shape parse_native_batch accepted
     _limit(request, len(items))
     who = principal(request)
     results: list[dict[str, Any] | None] = [None] * len(items)
@@ -130,9 +131,9 @@ async def post_batch(request: web.Request) -> web.Response:
             results[n] = {"error": {"code": "forbidden", "message": f"this key posts for {who.source!r} only"}}
         else:
             accepted.append((n, item))
-    # Each item's own JSON (its report's) is its raw payload (the batch as a whole is not kept per alert).
+    # Each item's own JSON, as sent, is its raw payload (the batch as a whole is not kept per alert).
     outcomes = await request.app[appkeys.INTAKE].accept_all(
-        [(item, None, "application/json") for _, item in accepted], who)
+        [(item, jsontext.compact_bytes(sent[n]), "application/json") for n, item in accepted], who)
     for (n, _), outcome in zip(accepted, outcomes, strict=True):
         if isinstance(outcome, BaseException):  # this one failed; the others stand
             failed = to_problem(outcome)

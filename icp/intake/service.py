@@ -81,18 +81,18 @@ class AlertOutcome:
 @dataclass(frozen=True, slots=True)
 class _Submission:
     report: AlertReport
-    raw: bytes | None  # None: the report's own JSON is the payload (an item of a native batch)
+    raw: bytes  # the payload as received (an item of a native batch: the item's own JSON)
     content_type: str
     who: Principal
     report_json: str  # the report as stored, encoded once
 
     @classmethod
-    def of(cls, report: AlertReport, raw: bytes | None, content_type: str, who: Principal) -> _Submission:
+    def of(cls, report: AlertReport, raw: bytes, content_type: str, who: Principal) -> _Submission:
         return cls(report, raw, content_type, who, report_json(report))
 
 
 def report_json(report: AlertReport) -> str:
-    """The stored form of a report: compact JSON text (also the raw payload of a batch item)."""
+    """The stored form of a report: compact JSON text."""
     return jsontext.compact(report.to_json())
 
 
@@ -151,9 +151,8 @@ class IntakeService:
                                                         _Submission.of(report, raw, content_type, who))
         return result  # type: ignore[no-any-return]
 
-    async def accept_all(self, items: list[tuple[AlertReport, bytes | None, str]], who: Principal) -> list[Any]:
-        """Record many alerts in one go (they share a transaction): an outcome or an exception each.
-        A raw payload of None keeps the report's own JSON as the payload."""
+    async def accept_all(self, items: list[tuple[AlertReport, bytes, str]], who: Principal) -> list[Any]:
+        """Record many alerts in one go (they share a transaction): an outcome or an exception each."""
         subs = [_Submission.of(report, raw, content_type, who) for report, raw, content_type in items]
         results = await self.committer.submit_batched_all(self._record_many, subs)
         return [r[0] if isinstance(r, tuple) else r for r in results]
@@ -586,6 +585,5 @@ class _Batch:
             await self.conn.copy_records_to_table("alerts", columns=_ALERT_COLUMNS, records=[
                 (alert_id, r.source, r.identifier, r.kind.value, r.msg_type.value, r.status.value, r.sent, now,
                  r.location.lat if r.location else None, r.location.lon if r.location else None, incident_id,
-                 outcome, sub.report_json, sub.raw if sub.raw is not None else sub.report_json.encode(),
-                 sub.content_type, f"{sub.who.kind}:{sub.who.id}")
+                 outcome, sub.report_json, sub.raw, sub.content_type, f"{sub.who.kind}:{sub.who.id}")
                 for alert_id, sub, incident_id, outcome in self.rows for r in (sub.report,)])

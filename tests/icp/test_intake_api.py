@@ -92,7 +92,7 @@ async def test_five_smoke_detectors_in_one_building_make_one_incident(client: Te
 
 
 async def test_batch_gives_a_result_per_alert_and_keeps_the_good_ones(client: TestClient, sensor: str,
-                                                                      db_url: str) -> None:
+                                                                      make_token: Any) -> None:
     items = [native("b-1"), {**native("b-2"), "time": "yesterday"}, native("b-3", where=ACROSS_TOWN), native("b-1")]
     response = await client.post("/api/v1/alerts/batch", json=items, headers=bearer(sensor))
     assert response.status == 202
@@ -103,6 +103,17 @@ async def test_batch_gives_a_result_per_alert_and_keeps_the_good_ones(client: Te
     assert results[3]["outcome"] == "duplicate" and results[3]["alert_id"] == results[0]["alert_id"]
     all_bad = await client.post("/api/v1/alerts/batch", json=[{"id": 1}], headers=bearer(sensor))
     assert all_bad.status == 422
+    # Each alert keeps its own item of the batch, as sent, as its raw payload (wrapped batches too).
+    admin = await make_token("admin")
+    sent = {**native("b-4"), "data": {"floor": 3, "serial": 12345678901234567890123}}
+    wrapped = await client.post("/api/v1/alerts/batch", data=json.dumps({"alerts": [sent]}),
+                                headers={**bearer(sensor), "Content-Type": "application/json"})
+    [kept] = (await wrapped.json())["results"]
+    stored = await client.get(f"/api/v1/alerts/{kept['alert_id']}/raw", headers=bearer(admin))
+    assert stored.content_type == "application/json"
+    assert json.loads(await stored.read()) == sent
+    first = await client.get(f"/api/v1/alerts/{results[0]['alert_id']}/raw", headers=bearer(admin))
+    assert json.loads(await first.read()) == items[0]
 
 
 CAP_FILES = {
