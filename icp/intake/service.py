@@ -55,6 +55,8 @@ ALERTS_RECEIVED = "alerts.received"
 # bounded), so an event stays well under the log's bound on one event (eventlog.MAX_EVENT_BYTES).
 RECEIVED_PER_EVENT = 64
 _YIELD_EVERY = 100  # alerts summarised between two chances for the batch's write to go on
+COPY_EVERY = 250  # routed alerts inserted while the next ones are routed
+_YIELD_ROUTING = 20  # alerts routed between two chances for that insert to go on
 MAX_BOXES_PER_TYPES = 64  # beyond this many boxes for one set of incident types, one box holds them all
 
 
@@ -189,9 +191,17 @@ class IntakeService:
         results: list[Staged[AlertOutcome] | None] = [None] * len(subs)
         randomness = os.urandom(10 * len(fresh)).hex()  # one call for the batch's alert ids
         routed = []
-        for k, n in enumerate(fresh):
-            alert_id = "AL-" + randomness[20 * k: 20 * k + 20]
-            routed.append((n, alert_id, await batch.route(alert_id, subs[n])))
+        try:
+            for k, n in enumerate(fresh):
+                alert_id = "AL-" + randomness[20 * k: 20 * k + 20]
+                routed.append((n, alert_id, await batch.route(alert_id, subs[n])))
+                if k % COPY_EVERY == COPY_EVERY - 1:
+                    batch.insert_routed()
+                if k % _YIELD_ROUTING == 0 and batch.inserting is not None:
+                    await asyncio.sleep(0)  # lets the insert go on (routing itself seldom waits)
+        except BaseException:
+            await batch.settle(raising=False)  # the connection must be free again
+            raise
         links = batch.link_events()  # of the links the flush below writes
         # The batch's writes run in the database while its events are made and encoded here:
         # that work needs no connection, and a large batch's write takes as long again.
@@ -375,6 +385,43 @@ class _Batch:
         self.timers: list[tuple[str, str, datetime]] = []
         self.last_number: int | None = None  # the year's counter, locked, as this batch has taken it
         self.numbers_taken = False
+        self.inserted = 0  # how many of `rows` are inserted (or being inserted by `inserting`)
+        self.inserting: asyncio.Future[None] | None = None  # a COPY of routed alerts on the connection
+
+    def insert_routed(self) -> None:
+        """Start inserting the alerts routed so far while the next ones are routed (PostgreSQL's
+        work then overlaps the node's), unless the previous insert is still running: the
+        connection runs one statement at a time. The alerts' foreign key to incidents is
+        checked at commit (migration 0018), so an alert may go in before the incident it opened."""
+        if self.inserting is not None and not self.inserting.done():
+            return
+        if self.inserting is not None and self.inserting.exception() is not None:
+            return  # `settle` raises it
+        rows, self.inserted = self.rows[self.inserted:], len(self.rows)
+        if rows:
+            self.inserting = asyncio.ensure_future(self._insert(rows))
+
+    async def settle(self, *, raising: bool = True) -> None:
+        """Wait for the insert under way, so the connection is free (its failure raised here)."""
+        inserting, self.inserting = self.inserting, None
+        if inserting is None:
+            return
+        if raising:
+            await inserting
+        else:
+            await asyncio.gather(inserting, return_exceptions=True)
+
+    async def _insert(self, rows: list[tuple[str, _Submission, str | None, str]]) -> None:
+        """Each alert inserted once, with where it went, by COPY: the cheapest insert for both
+        sides (an insert from a dozen parameter arrays cost the node a type check per element).
+        An alert inserted meanwhile cannot be, while intake holds the correlation lock; if it
+        were, the unique key refuses the COPY and the batch is run again alert by alert."""
+        now = self.now
+        await self.conn.copy_records_to_table("alerts", columns=_ALERT_COLUMNS, records=[
+            (alert_id, r.source, r.identifier, r.kind.value, r.msg_type.value, r.status.value, r.sent, now,
+             r.location.lat if r.location else None, r.location.lon if r.location else None, incident_id,
+             outcome, sub.report_json, sub.raw, sub.content_type, f"{sub.who.kind}:{sub.who.id}")
+            for alert_id, sub, incident_id, outcome in rows for r in (sub.report,)])
 
     async def route(self, alert_id: str, sub: _Submission) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
         """Where the alert goes: its outcome, the events that causes, and its incident's agencies."""
@@ -478,6 +525,7 @@ class _Batch:
         taken in memory and `flush` writes the last one back."""
         year = self.now.year
         if self.last_number is None:
+            await self.settle()
             self.last_number = int(await self.conn.fetchval(
                 "INSERT INTO incident_numbers (year, last) VALUES ($1, 0)"
                 " ON CONFLICT (year) DO UPDATE SET last = incident_numbers.last RETURNING last", year))
@@ -488,6 +536,7 @@ class _Batch:
     async def _apply(self, incident_id: str, commands: list[cmd.Command], who: Principal) -> list[NewEvent]:
         """Run incident-only commands on the batch's copy of the incident (pure core, no I/O)."""
         if incident_id not in self.incidents and not isinstance(commands[0], cmd.CreateIncident):
+            await self.settle()
             row = await self.conn.fetchrow(
                 f"SELECT agency_ids, {store.INCIDENT_DOC} FROM incidents WHERE id = $1 FOR UPDATE", incident_id)
             if row is None:
@@ -528,11 +577,13 @@ class _Batch:
         wrote through the per-alert path."""
         if self.open is not None:
             return self.open
+        await self.settle()
         return self.opened(await self.conn.fetch("SELECT * FROM icp_open_incidents_near($1, $2, $3, $4, $5)",
                                                  *self.s._boxes(self.reports)))
 
     async def flush(self) -> None:
         conn = self.conn
+        await self.settle()
         if self.dirty:
             await store.save_incidents(conn, [(self.incidents[i], self.agencies[i]) for i in sorted(self.dirty)])
         if self.last_alert or self.rows or self.numbers_taken:
@@ -541,17 +592,18 @@ class _Batch:
             await store.set_timer(conn, kind, ref, due)
         self.dirty, self.linked, self.rows, self.last_alert, self.timers = set(), {}, [], {}, []
         self.numbers_taken = False
+        self.inserted = 0
 
     async def _write(self) -> None:
-        """Two statements (after the incidents this batch opened or changed are saved). First the
-        year's incident counter as far as the batch took it, every incident alerts joined (its
-        last alert time and alert count), and the light links added to its alert list in order
-        (rows of incident_alerts after those stored), with the checks that the incidents joined
-        without their lock are still open and still belong to the same agencies. Then each
-        alert, inserted once with where it went, by COPY: the cheapest insert for both sides
-        (an insert from a dozen parameter arrays cost the node a type check per element). An
-        alert inserted meanwhile cannot be, while intake holds the correlation lock; if it were,
-        the unique key refuses the COPY and the batch is run again alert by alert."""
+        """The alerts not inserted yet (`_insert`), then one statement (after the incidents this
+        batch opened or changed are saved): the year's incident counter as far as the batch took
+        it, every incident alerts joined (its last alert time and alert count), and the light
+        links added to its alert list in order (rows of incident_alerts after those stored),
+        with the checks that the incidents joined without their lock are still open and still
+        belong to the same agencies."""
+        if self.inserted < len(self.rows):
+            await self._insert(self.rows[self.inserted:])
+            self.inserted = len(self.rows)
         ids = sorted(self.last_alert)
         links = [(i, a) for i, pending in self.linked.items() for a, _ in pending]
         if ids or self.numbers_taken:
@@ -580,10 +632,3 @@ class _Batch:
                 INCIDENT.next(IncidentStatus(row["status"]), "link_alert", command="link_alert", subject=incident_id)
                 if list(row["agency_ids"]) != self.agencies[incident_id]:
                     raise _Stale(f"incident {incident_id} changed agencies while alerts joined it")
-        if self.rows:
-            now = self.now
-            await self.conn.copy_records_to_table("alerts", columns=_ALERT_COLUMNS, records=[
-                (alert_id, r.source, r.identifier, r.kind.value, r.msg_type.value, r.status.value, r.sent, now,
-                 r.location.lat if r.location else None, r.location.lon if r.location else None, incident_id,
-                 outcome, sub.report_json, sub.raw, sub.content_type, f"{sub.who.kind}:{sub.who.id}")
-                for alert_id, sub, incident_id, outcome in self.rows for r in (sub.report,)])

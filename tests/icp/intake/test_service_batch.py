@@ -23,7 +23,7 @@ from dispatch.state import DispatchState
 from geo.coords import Point
 from icp.auth.principal import Principal, Role
 from icp.config import Settings
-from icp.intake.service import CORRELATION_LOCK_KEY, MAX_BOXES_PER_TYPES, RECEIVED_PER_EVENT, _Batch
+from icp.intake.service import COPY_EVERY, CORRELATION_LOCK_KEY, MAX_BOXES_PER_TYPES, RECEIVED_PER_EVENT, _Batch
 from icp.live import LivePicture
 from icp.store import database, eventlog
 from icp.store.eventlog import NewEvent, RecordedEvent
@@ -290,3 +290,28 @@ def test_light_links_are_one_fact_per_run_of_one_sender_within_the_bound() -> No
                                                                 (1, "1")]
     assert [x for e, _ in facts for x in e.alert_ids] == [x for x, _ in pending]
     assert all(e.incident_id == "2026-000001" and e.at == at for e, _ in facts)
+
+
+async def test_a_large_lot_is_inserted_while_it_is_routed(client: TestClient, sensor: str,  # noqa: F811
+                                                          db_url: str) -> None:
+    # More alerts than COPY_EVERY: the first are inserted while the rest are routed, before the
+    # incidents that later alerts open are saved (the alerts' foreign key is checked at commit).
+    # Had any insert failed, the lot would have been run again alert by alert, one
+    # alerts.received each.
+    joining = [native(f"big-{i}", where=near(i % 10)) for i in range(COPY_EVERY + 5)]
+    opening = [native(f"far-{i}", where={"lat": 60.1600 + 0.003 * i, "lon": 24.9300}) for i in range(8)]
+    results = await batch(client, sensor, joining + opening)
+    assert [r["outcome"] for r in results] == ["created"] + ["attached"] * (COPY_EVERY + 4) + ["created"] * 8
+    conn = await database.connect(db_url)
+    try:
+        placed = {r["id"]: (r["incident_id"], r["outcome"])
+                  for r in await conn.fetch("SELECT id, incident_id, outcome FROM alerts")}
+        assert placed == {r["alert_id"]: (r["incident_id"], r["outcome"]) for r in results}
+        opened = {r["incident_id"] for r in results}
+        assert await conn.fetchval("SELECT count(*) FROM incidents WHERE id = any($1::text[])", list(opened)) == 9
+        lots = await conn.fetch("SELECT data FROM events WHERE type = 'alerts.received' ORDER BY seq")
+        assert [len(r["data"]["alerts"]) for r in lots] == [64] * 4 + [len(results) - 256]
+        verdict = await eventlog.verify(conn)
+        assert verdict.ok, verdict.reason
+    finally:
+        await conn.close()
