@@ -26,6 +26,7 @@ from shapely.geometry.base import BaseGeometry
 from dispatch.alert_rules import AlertKind, Certainty, Severity, Urgency, normalise
 from geo.coords import CoordinateError, Point
 from geo.geojson import GeometryError, axis_swap_suspected, geometry_from_geojson, geometry_to_geojson, swap_axes
+from icp import jsontext
 
 MAX_ID_CHARS = 200
 MAX_HEADLINE_CHARS = 1_000
@@ -177,6 +178,13 @@ class Problems:
 
 
 # --- shared readers --------------------------------------------------------------------------
+
+
+def _shape_json(value: object) -> Any:
+    """orjson's fallback for a report's area (a shapely geometry)."""
+    if isinstance(value, BaseGeometry):
+        return geometry_to_geojson(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _reject_constant(name: str) -> Any:
@@ -472,6 +480,17 @@ class AlertReport:
             "below_threshold": self.below_threshold,
             "data": self.data,
         }
+
+    def to_json_bytes(self) -> bytes:
+        """`to_json` as compact JSON text, written by orjson straight from the dataclasses: the
+        report's and its parts' fields are named and shaped as `to_json` writes them (a test
+        holds the two equal for every kind of report), and this costs a fifth as much. What
+        orjson cannot write (an integer beyond 64 bits in a sender's data) goes through
+        `to_json`."""
+        try:
+            return orjson.dumps(self, default=_shape_json)
+        except TypeError:
+            return jsontext.compact_bytes(self.to_json())
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> AlertReport:

@@ -39,7 +39,6 @@ from dispatch.lifecycle import INCIDENT, OPEN_INCIDENT, IncidentStatus
 from dispatch.state import DispatchState
 from geo.coords import Point
 from icp import dispatch_store as store
-from icp import jsontext
 from icp.auth.principal import Principal
 from icp.dispatch_service import EVERYONE, DispatchService
 from icp.intake.report import AlertReport, MsgType
@@ -95,7 +94,7 @@ class _Submission:
 
 def report_json(report: AlertReport) -> str:
     """The stored form of a report: compact JSON text."""
-    return jsontext.compact(report.to_json())
+    return report.to_json_bytes().decode()
 
 
 class IntakeService:

@@ -15,6 +15,7 @@ from dispatch.alert_rules import AlertKind
 from geo.coords import Point
 from geo.geojson import cap_polygon_text
 from icp.intake.cap import parse_cap
+from icp.intake.native import parse_native
 from icp.intake.report import (
     AlertReport,
     Finding,
@@ -100,6 +101,38 @@ def test_json_round_trip_keeps_everything():
     back = AlertReport.from_json(stored)
     assert back.area.equals(r.area)
     assert back.to_json() == r.to_json()
+
+
+def _every_kind_of_report() -> list[AlertReport]:
+    from tests.shared import shared_dir
+
+    caps = sorted(shared_dir("fixtures", "cap").glob("*.xml"))
+    out = [parse_cap(path.read_bytes(), config) for path in caps for config in (IntakeConfig(), CITY)]
+    out += [parse_native(body, CITY, now=T0) for body in (
+        {"source": "acme", "id": "n-1", "kind": "smoke", "time": "2026-03-01T12:00:05.250+02:00",
+         "location": {"lat": 60.17, "lon": 24.94}, "severity": "Severe", "data": {"floor": 3, "x": [1.5, None]}},
+        {"source": "acme", "id": "n-2", "kind": "flood", "time": "2026-03-01T13:00:00Z",  # ahead: a finding
+         "location": {"type": "Polygon", "coordinates": [[[24.93, 60.16], [24.95, 60.16], [24.95, 60.18],
+                                                          [24.93, 60.16]]]}},
+        {"source": "acme", "id": "n-3", "kind": "gas", "time": "2026-03-01T12:00:00Z",
+         "location": {"lat": 24.94, "lon": 60.17}},  # swapped: flagged, not placed
+    )]
+    out.append(report(area=box(24.93, 60.16, 24.95, 60.18), references=(("s", "i"), ("s", "j")),
+                      status=Status.TEST, findings=(Finding("x", "/a", "b"),), data={"k": {"é": "\u0000"}},
+                      headline="Hälytys", language="fi", below_threshold=True,
+                      location_flags=(LocationFlag.REGISTRY_LOCATION,)))
+    return out
+
+
+def test_the_stored_text_of_a_report_is_its_to_json():
+    # to_json_bytes writes the dataclasses directly; it must say exactly what to_json says.
+    reports = _every_kind_of_report()
+    assert any(r.infos and r.infos[0].expires for r in reports) and any(r.findings for r in reports)
+    assert any(r.area is not None for r in reports) and any(r.location_flags for r in reports)
+    for r in reports:
+        assert json.loads(r.to_json_bytes()) == r.to_json(), r.identifier
+    big = report(data={"serial": 2**70})  # beyond orjson: through to_json, exact
+    assert json.loads(big.to_json_bytes()) == big.to_json()
 
 
 # --- placement -------------------------------------------------------------------------------
