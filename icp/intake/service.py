@@ -364,8 +364,9 @@ class _Batch:
     incident for them (the event `decide` gives for `LinkAlerts`; `flush` checks that the
     incident is still open, as `decide` would). An incident
     that this batch opens, or whose priority or type an alert raises, is locked and loaded whole
-    and goes through the dispatch core. `flush` also inserts each alert once, with where it went,
-    and takes incident numbers from one locked read of the year's counter. CAP Update and Cancel
+    and goes through the dispatch core. Each alert is inserted once, with where it went: in a
+    large lot while later alerts are routed (`insert_routed`), the rest by `flush`. Incident
+    numbers come from one locked read of the year's counter. CAP Update and Cancel
     take the per-alert path, after a flush."""
 
     def __init__(self, service: IntakeService, conn: asyncpg.Connection, now: datetime,

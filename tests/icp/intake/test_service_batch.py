@@ -21,15 +21,18 @@ from dispatch.incident import Incident, IncidentNumber
 from dispatch.policy import DispatchPolicy
 from dispatch.state import DispatchState
 from geo.coords import Point
+from icp import appkeys
 from icp.auth.principal import Principal, Role
 from icp.config import Settings
+from icp.intake.cap import parse_cap
+from icp.intake.native import parse_native
 from icp.intake.service import COPY_EVERY, CORRELATION_LOCK_KEY, MAX_BOXES_PER_TYPES, RECEIVED_PER_EVENT, _Batch
 from icp.live import LivePicture
 from icp.store import database, eventlog
 from icp.store.eventlog import NewEvent, RecordedEvent
 from icp.store.group_commit import GroupCommitter, Staged
 from tests.helpers import bearer
-from tests.icp.test_intake_api import BUILDING, native, post, sensor  # noqa: F401  (sensor: a fixture)
+from tests.icp.test_intake_api import ACROSS_TOWN, BUILDING, _cap, _cap_post, native, post, sensor  # noqa: F401  (sensor: a fixture)
 
 
 async def batch(client: TestClient, token: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -311,6 +314,38 @@ async def test_a_large_lot_is_inserted_while_it_is_routed(client: TestClient, se
         assert await conn.fetchval("SELECT count(*) FROM incidents WHERE id = any($1::text[])", list(opened)) == 9
         lots = await conn.fetch("SELECT data FROM events WHERE type = 'alerts.received' ORDER BY seq")
         assert [len(r["data"]["alerts"]) for r in lots] == [64] * 4 + [len(results) - 256]
+        verdict = await eventlog.verify(conn)
+        assert verdict.ok, verdict.reason
+    finally:
+        await conn.close()
+
+
+async def test_a_cap_cancel_in_a_large_lot_waits_for_the_insert_under_way(client: TestClient, make_token: Any,
+                                                                          db_url: str) -> None:
+    # Alerts from two feeds share a lot: 290 native alerts (an insert of the first 250 starts
+    # while the rest are routed), a CAP Cancel (its path reads and writes through the
+    # connection, so it waits for that insert), then 10 more.
+    token = await make_token("sensor")
+    opened = await _cap_post(client, token, _cap("LOT-1"))
+    assert opened["outcome"] == "created"
+    cancel = parse_cap(_cap("LOT-2", "Cancel", "rescue.helsinki,LOT-1,2026-01-01T00:00:00-00:00"))
+    who = Principal(kind="token", id="lot", name="lot", role=Role.SENSOR)
+    natives = [parse_native(native(f"lot-{i}", where=ACROSS_TOWN)) for i in range(300)]
+    items = [(r, b"{}", "application/json") for r in natives[:290]]
+    items += [(cancel, b"<alert/>", "application/cap+xml")]
+    items += [(r, b"{}", "application/json") for r in natives[290:]]
+    outcomes = await client.app[appkeys.INTAKE].accept_all(items, who)
+    assert not [o for o in outcomes if isinstance(o, BaseException)]
+    assert [o.outcome for o in outcomes] == ["created"] + ["attached"] * 289 + ["recorded"] + ["attached"] * 10
+    assert outcomes[290].incident_id == opened["incident_id"]
+    conn = await database.connect(db_url)
+    try:
+        assert await conn.fetchval("SELECT status FROM incidents WHERE id = $1", opened["incident_id"]) == "cancelled"
+        assert await conn.fetchval("SELECT count(*) FROM alerts WHERE id = any($1::text[])",
+                                   [o.alert_id for o in outcomes]) == 301
+        lots = await conn.fetch("SELECT data FROM events WHERE type = 'alerts.received' AND subject = $1 ORDER BY seq",
+                                "source/kamppi-detectors")
+        assert [len(r["data"]["alerts"]) for r in lots] == [64] * 4 + [44]  # one lot, not alert by alert
         verdict = await eventlog.verify(conn)
         assert verdict.ok, verdict.reason
     finally:
