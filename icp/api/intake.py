@@ -20,7 +20,7 @@ from icp.dispatch_service import sees_incident
 from icp.errors import FieldError, Problem, forbidden, not_found, to_problem, validation
 from icp.httpapi import json_response, operation, read_json_object
 from icp.intake.cap import parse_cap
-from icp.intake.native import MAX_BATCH_BYTES, parse_native, parse_native_batch
+from icp.intake.native import MAX_BATCH_BYTES, batch_items, parse_native, parse_native_batch
 from icp.intake.registry import InMemorySensorRegistry, SensorRecord
 from icp.intake.report import AlertReport, IntakeConfig, IntakeError, load_json
 from icp.intake.sensorthings import observation_report, read_observation
@@ -119,7 +119,7 @@ async def post_batch(request: web.Request) -> web.Response:
     config = intake_config(request.app)
     body = load_json(await _body(request, MAX_BATCH_BYTES), max_bytes=MAX_BATCH_BYTES, what="batch")
     items = parse_native_batch(body, config)
-    sent = body["alerts"] if isinstance(body, dict) else body  # the shape parse_native_batch accepted
+    sent, _ = batch_items(body)  # the members as sent (parse_native_batch accepted the shape)
     _limit(request, len(items))
     who = principal(request)
     results: list[dict[str, Any] | None] = [None] * len(items)

@@ -80,10 +80,22 @@ def parse_native_batch(
     in its place, its paths prefixed with the item's (``/3/location`` or ``/alerts/3/location``),
     so the good items are still taken.
     """
-    if isinstance(body, (list, Mapping)):
-        obj: Any = body
-    else:
-        obj = load_json(body, max_bytes=MAX_BATCH_BYTES, what="batch")
+    obj, prefix = batch_items(body, max_items=max_items)
+    out: list[AlertReport | IntakeError] = []
+    for i, item in enumerate(obj):
+        try:
+            out.append(_alert(item, config, now))
+        except IntakeError as exc:
+            out.append(exc.prefixed(f"{prefix}/{i}"))
+    return out
+
+
+def batch_items(
+    body: bytes | bytearray | memoryview | str | list[Any] | Mapping[str, Any], *, max_items: int = MAX_BATCH_ITEMS,
+) -> tuple[list[Any], str]:
+    """A batch's items as sent, and the path they sit under ("" for an array, "/alerts" for
+    ``{"alerts": [...]}``); `IntakeError` when the body is not a batch."""
+    obj: Any = body if isinstance(body, (list, Mapping)) else load_json(body, max_bytes=MAX_BATCH_BYTES, what="batch")
     prefix = ""
     if isinstance(obj, Mapping):
         extra = sorted(set(obj) - {"alerts"})
@@ -96,13 +108,7 @@ def parse_native_batch(
         raise IntakeError("invalid_alert", "a batch needs at least one alert", prefix)
     if len(obj) > max_items:
         raise IntakeError("too_large", f"a batch holds at most {max_items} alerts, got {len(obj)}", prefix)
-    out: list[AlertReport | IntakeError] = []
-    for i, item in enumerate(obj):
-        try:
-            out.append(_alert(item, config, now))
-        except IntakeError as exc:
-            out.append(exc.prefixed(f"{prefix}/{i}"))
-    return out
+    return obj, prefix
 
 
 def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:

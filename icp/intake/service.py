@@ -514,10 +514,13 @@ class _Batch:
 
     def link_events(self) -> list[NewEvent]:
         """The events of the light links the next `flush` writes."""
-        state, agencies = self.s.dispatch.live.state, self.agencies
+        return self._logged([fact for incident_id, pending in self.linked.items()
+                             for fact in self._links(incident_id, pending)])
+
+    def _logged(self, facts: list[tuple[dev.AlertsLinked, Principal]]) -> list[NewEvent]:
         # Their data (ids, a time, agency ids) is plain: the log need not walk it.
-        return [DispatchService.log_event(event, state, agencies, who, plain=True)
-                for incident_id, pending in self.linked.items() for event, who in self._links(incident_id, pending)]
+        state, agencies = self.s.dispatch.live.state, self.agencies
+        return [DispatchService.log_event(event, state, agencies, who, plain=True) for event, who in facts]
 
     async def _next_number(self) -> IncidentNumber:
         """The next incident number of the year. The counter row is read once and stays locked
@@ -550,8 +553,7 @@ class _Batch:
             self.incidents[incident_id] = evolve_all(DispatchState(incidents={incident_id: incident}),
                                                      [e for e, _ in pending]).incidents[incident_id]
             self.agencies[incident_id] = list(row["agency_ids"])
-            self.due += [DispatchService.log_event(e, self.s.dispatch.live.state, self.agencies, w, plain=True)
-                         for e, w in pending]
+            self.due += self._logged(pending)
         live = self.s.dispatch.live
         state = DispatchState(agencies=live.state.agencies, policy=live.policy,
                               incidents={incident_id: self.incidents[incident_id]} if incident_id in self.incidents
