@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import cache
+from datetime import datetime, timedelta
+from functools import cache, lru_cache
 from types import MappingProxyType
 from typing import Any, Literal, overload
 
@@ -38,6 +38,7 @@ MAX_WINDOW_S = 7 * 86_400.0
 MAX_ESCALATION_RULES = 100
 _M_PER_DEG_LAT = EARTH_RADIUS_M * math.pi / 180.0
 _MAX_FOUND = 4096  # places remembered per group of incident types
+_MAX_ALERT_COUNT = 10_000_000
 _MIN_CELL_LEVEL = -16  # cells of ~1.7 m: a radius of 0 still gets a grid of finite size
 
 
@@ -229,7 +230,7 @@ class OpenIncident:
         check.point(self.location, "location")
         check.aware(self.created_at, "created_at")
         check.integer(self.priority, "priority", lo=PRIORITY_HIGHEST, hi=PRIORITY_LOWEST)
-        check.integer(self.alert_count, "alert_count", lo=0, hi=10_000_000)
+        check.integer(self.alert_count, "alert_count", lo=0, hi=_MAX_ALERT_COUNT)
         check.optional_aware(self.last_alert_at, "last_alert_at")
 
     @property
@@ -253,10 +254,17 @@ class OpenIncident:
         """This incident once ``outcome`` (an attach to it) has been applied."""
         if outcome.action != "attach" or outcome.incident_id != self.id:
             raise Invalid(f"the correlation does not attach to incident {self.id!r}")
+        incident_type = outcome.incident_type or self.incident_type
+        if incident_type != self.incident_type:
+            check.slug(incident_type, "incident_type")
+        priority = self.priority if outcome.priority is None else check.integer(
+            outcome.priority, "priority", lo=PRIORITY_HIGHEST, hi=PRIORITY_LOWEST)
+        count = check.integer(self.alert_count + 1, "alert_count", lo=0, hi=_MAX_ALERT_COUNT)
+        check.aware(at, "at")
         latest = at if self.last_alert_at is None or at > self.last_alert_at else self.last_alert_at
-        return OpenIncident(  # not dataclasses.replace, which costs as much again on every attach
-            self.id, outcome.incident_type or self.incident_type, self.location, self.created_at,
-            outcome.priority if outcome.priority is not None else self.priority, self.alert_count + 1, latest)
+        # Only what changed is checked: nearly every alert of a storm makes one of these.
+        return check.derived(OpenIncident, self.id, incident_type, self.location, self.created_at, priority, count,
+                             latest)
 
 
 class _Group:
@@ -313,10 +321,13 @@ class OpenIncidents:
     correlating the next alert (`correlate_all` does).
     """
 
-    __slots__ = ("_base", "_groups", "_top")
+    __slots__ = ("_base", "_groups", "_like", "_top")
     _MERGE_AFTER = 64
 
-    def __init__(self, incidents: Iterable[OpenIncident] = ()) -> None:
+    def __init__(self, incidents: Iterable[OpenIncident] = (), *, like: OpenIncidents | None = None) -> None:
+        """``like``: an earlier snapshot of mostly the same incidents (the previous batch's), whose
+        place indexes are taken over, with what they have measured, wherever the same incidents
+        of a set of types sit at the same places in the same order."""
         by_id: dict[str, OpenIncident] = {}
         for incident in incidents:
             if not isinstance(incident, OpenIncident):
@@ -328,6 +339,7 @@ class OpenIncidents:
         self._base: dict[str, OpenIncident] = by_id
         self._top: dict[str, OpenIncident] = {}
         self._groups: dict[tuple[str, ...], _Group] = {}  # built on first use, by sorted types
+        self._like: dict[tuple[str, ...], _Group] = {} if like is None else {**like._like, **like._groups}
 
     def _all(self) -> dict[str, OpenIncident]:
         return {**self._base, **self._top} if self._top else self._base
@@ -350,6 +362,7 @@ class OpenIncidents:
             base, top = {**base, **top}, {}
         out._base, out._top = base, top
         out._groups = {k: g for k, g in self._groups.items() if touched.isdisjoint(k)}
+        out._like = self._like
         return out
 
     def with_incident(self, incident: OpenIncident) -> OpenIncidents:
@@ -382,13 +395,16 @@ class OpenIncidents:
                              key=lambda i: i.incident_type)
             if not members:
                 return None
-            group = self._groups[types] = _Group(tuple(i.id for i in members), [i.location for i in members])
+            ids, locations = tuple(i.id for i in members), [i.location for i in members]
+            like = self._like.get(types)
+            group = self._groups[types] = (like if like is not None and like.ids == ids and like.locations == locations
+                                           else _Group(ids, locations))
         return group
 
     def measure(self, point: Point, types: Iterable[str]) -> list[tuple[Sequence[OpenIncident], FloatArray]]:
         """The incidents of ``types`` (by type name, then snapshot order) with their distances from
         ``point`` (metres), as one group (none when there are no such incidents)."""
-        group = self._group(tuple(sorted(set(types))))
+        group = self._group(_types_key(types))
         if group is None:
             return []
         return [(_Members(group.ids, self), group.arrays.haversine_m(point))]
@@ -396,7 +412,7 @@ class OpenIncidents:
     def near(self, point: Point, types: Iterable[str], radius_m: float) -> list[tuple[OpenIncident, float]]:
         """Incidents of ``types`` within ``radius_m`` of ``point``, with their distances (metres),
         in the order `measure` lists them."""
-        group = self._group(tuple(sorted(set(types))))
+        group = self._group(_types_key(types))
         if group is None:
             return []
         found = group.within(point, radius_m)
@@ -413,6 +429,16 @@ class OpenIncidents:
     def nearest(self, point: Point, types: Iterable[str]) -> tuple[OpenIncident, float] | None:
         """The nearest incident of ``types`` at any distance."""
         return _nearest(self.measure(point, types))
+
+
+def _types_key(types: Iterable[str]) -> tuple[str, ...]:
+    """The key of a set of incident types' group: the types sorted, once per set of a policy's."""
+    return _sorted_types(types) if isinstance(types, frozenset) else tuple(sorted(set(types)))
+
+
+@lru_cache(maxsize=256)
+def _sorted_types(types: frozenset[str]) -> tuple[str, ...]:
+    return tuple(sorted(types))
 
 
 class _Members(Sequence[OpenIncident]):
@@ -526,19 +552,28 @@ def correlate(
     if not types:
         return Correlation("create", alert.alert_id, f"{kind} alerts join no incident type; a new incident")
 
-    matches = []
+    # Nearest first; then the most recently alerted; then the id, so ties are stable. The window
+    # is checked as a span of reference times, so a candidate out of time costs two comparisons
+    # (a detector's alert often has a dozen incidents of its type within reach).
+    window = _window(reach.window_s)
+    at = alert.at
+    earliest, latest = at - window, at + window
+    best: OpenIncident | None = None
+    best_distance, best_ref, matched = 0.0, at, 0
     for incident, distance in snapshot.near(alert.location, types, reach.radius_m):
-        gap = abs((alert.at - incident.reference_time).total_seconds())
-        if gap <= reach.window_s:
-            # Nearest first; then the most recently alerted; then the id, so ties are stable.
-            key = (distance, -incident.reference_time.timestamp(), incident.id)
-            matches.append((key, incident, distance, gap))
-    if not matches:
+        ref = incident.last_alert_at if incident.last_alert_at is not None else incident.created_at
+        if not earliest <= ref <= latest:
+            continue
+        matched += 1
+        if best is None or distance < best_distance or (distance == best_distance and (
+                ref > best_ref or (ref == best_ref and incident.id < best.id))):
+            best, best_distance, best_ref = incident, distance, ref
+    if best is None:
         nearest = snapshot.nearest(alert.location, types)
         return Correlation("create", alert.alert_id, _miss_reason(alert, nearest, types, reach))
 
-    _, incident, distance, gap = min(matches, key=lambda m: m[0])
-    return _attach(alert, incident, distance, gap, len(matches), reach, policy)
+    gap = abs((at - best_ref).total_seconds())
+    return _attach(alert, best, best_distance, gap, matched, reach, policy)
 
 
 def _attach(
@@ -608,6 +643,11 @@ def _miss_reason(
 
 def _metres(m: float) -> str:
     return f"{m:.0f} m" if m < 10_000 else f"{m / 1000:.1f} km"
+
+
+@cache
+def _window(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)
 
 
 def _duration(seconds: float) -> str:

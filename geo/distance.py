@@ -156,8 +156,13 @@ class PointGrid:
         phi1 = origin.lat * _DEG
         cos1, lon1 = math.cos(phi1), origin.lon
         phi, cos, lons, sin, asin, sqrt = self._phi, self._cos, self._lons, math.sin, math.asin, math.sqrt
+        # The cells hold points outside the query's box too: a point outside it is beyond the
+        # radius (the box is generous), so it is passed over before the trigonometry.
+        phi0, phi9 = min_lat * _DEG, max_lat * _DEG
         out = []
         for k in found:
+            if not (phi0 <= phi[k] <= phi9 and min_lon <= lons[k] <= max_lon):
+                continue
             h = sin((phi[k] - phi1) / 2.0) ** 2 + cos1 * cos[k] * sin((lons[k] - lon1) * _DEG / 2.0) ** 2
             d = 2.0 * EARTH_RADIUS_M * asin(sqrt(min(max(h, 0.0), 1.0)))
             if d <= radius_m:

@@ -105,6 +105,9 @@ class IntakeService:
         self.rules = rules or default_alert_rules()
         self.policy = default_policy()
         self._open_seen: dict[str, tuple[tuple[Any, ...], OpenIncident]] = {}
+        # The last batch's open incidents: the next batch's read finds mostly the same ones, and
+        # takes over their place indexes with what they measured (`OpenIncidents(like=...)`).
+        self.last_open: OpenIncidents | None = None
 
     def open_incident(self, row: asyncpg.Record) -> OpenIncident:
         """An open incident's summary row as correlation sees it; the value made for the same row
@@ -201,6 +204,8 @@ class IntakeService:
         except BaseException:
             await batch.settle(raising=False)  # the connection must be free again
             raise
+        if batch.open is not None:
+            self.last_open = batch.open
         links = batch.link_events()  # of the links the flush below writes
         # The batch's writes run in the database while its events are made and encoded here:
         # that work needs no connection, and a large batch's write takes as long again.
@@ -569,7 +574,7 @@ class _Batch:
 
     def opened(self, rows: list[asyncpg.Record]) -> OpenIncidents:
         """The open incidents any alert of this batch could join (read with the lock)."""
-        self.open = OpenIncidents(self.s.open_incident(r) for r in rows)
+        self.open = OpenIncidents((self.s.open_incident(r) for r in rows), like=self.s.last_open)
         for r in rows:
             self.agencies.setdefault(r["id"], list(r["agency_ids"]))
         return self.open

@@ -197,6 +197,33 @@ def test_a_snapshot_changed_many_times_answers_like_one_built_afresh():
             assert [correlate(p, snap) for p in probes] == [correlate(p, fresh) for p in probes]
 
 
+def test_a_snapshot_like_an_earlier_one_takes_over_its_unchanged_place_indexes():
+    # The next batch reads mostly the same incidents: where a set of types' incidents are the
+    # same, at the same places, it keeps the earlier index (and what it measured); anywhere else
+    # it builds its own, and every answer is what a snapshot built afresh gives.
+    rng = random.Random(11)
+    types = ["structure_fire", "alarm_activation", "gunshot"]
+    first = OpenIncidents(incident(f"I{i}", rng.choice(types), metres=rng.uniform(-300, 300)) for i in range(30))
+    probes = [facts(f"p{i}", rng.choice(["smoke", "gunshot"]), metres=rng.uniform(-300, 300)) for i in range(20)]
+    before = [correlate(p, first) for p in probes]
+    counted = [replace(i, alert_count=i.alert_count + 1) for i in first]  # no place or type changed
+    same = OpenIncidents(counted, like=first)
+    assert same._group(("gunshot",)) is first._group(("gunshot",))
+    assert [correlate(p, same) for p in probes] == [correlate(p, OpenIncidents(counted)) for p in probes]
+    assert [o.action for o in before] == [o.action for o in (correlate(p, same) for p in probes)]
+    for step in range(30):
+        changed = list(first)
+        k = rng.randrange(len(changed))
+        if step % 3 == 0:
+            changed[k] = replace(changed[k], location=north_of(SCENE, rng.uniform(-300, 300)))
+        elif step % 3 == 1:
+            changed[k] = replace(changed[k], incident_type=rng.choice(types))
+        else:
+            del changed[k]
+        later = OpenIncidents(changed, like=first)
+        assert [correlate(p, later) for p in probes] == [correlate(p, OpenIncidents(changed)) for p in probes]
+
+
 def test_near_finds_what_measuring_every_incident_finds():
     # Near a point, correlation measures only the grid cells around it; a box too wide for the
     # grid (100 km) measures every incident. Both must find what measuring all of them finds.
@@ -220,9 +247,19 @@ def test_near_finds_what_measuring_every_incident_finds():
 def test_after_applies_an_attach_and_refuses_anything_else():
     inc = incident("F")
     out = correlate(facts("x", seconds=60), [inc])
-    assert inc.after(out, at(60)).alert_count == 2
+    after = inc.after(out, at(60))
+    assert after == replace(inc, alert_count=2, last_alert_at=at(60))
     with pytest.raises(Invalid):
         incident("G").after(out, at(60))
+    # What the attach changes is checked (the rest was, when the incident was made).
+    with pytest.raises(Invalid, match="priority"):
+        inc.after(replace(out, priority=9), at(60))
+    with pytest.raises(Invalid, match="incident_type"):
+        inc.after(replace(out, incident_type="Not A Type"), at(60))
+    with pytest.raises(Invalid, match="timezone"):
+        inc.after(out, at(60).replace(tzinfo=None))
+    with pytest.raises(Invalid, match="alert_count"):
+        replace(inc, alert_count=10_000_000).after(out, at(60))
 
 
 @pytest.mark.parametrize(

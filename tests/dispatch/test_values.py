@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -108,3 +108,17 @@ def test_id_lists_accept_good_members() -> None:
     from dispatch import _checks
 
     assert _checks.idents(("a", "b-1", "c:2", "A" * 128), "alert_ids") == ("a", "b-1", "c:2", "A" * 128)
+
+
+def test_derived_values_hold_what_they_were_given_and_nothing_less() -> None:
+    from dispatch import _checks
+    from dispatch.correlation import OpenIncident
+
+    when = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    values = ("I-1", "structure_fire", Point(60.17, 24.94), when, 2, 5, when)
+    made = _checks.derived(OpenIncident, *values)
+    assert made == OpenIncident(*values) and hash(made) == hash(OpenIncident(*values))
+    with pytest.raises(AttributeError):
+        made.priority = 1  # type: ignore[misc]  # still frozen
+    with pytest.raises(TypeError, match="7 fields, got 6"):
+        _checks.derived(OpenIncident, *values[:6])
