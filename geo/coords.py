@@ -41,6 +41,9 @@ class Point:
     lon: float
 
     def __post_init__(self) -> None:
+        if type(self.lat) is float and type(self.lon) is float and -90.0 <= self.lat <= 90.0 \
+                and -180.0 <= self.lon <= 180.0:
+            return  # the common case, checked in one line (NaN fails the comparisons)
         lat = _finite(self.lat, "latitude")
         lon = _finite(self.lon, "longitude")
         if not -90.0 <= lat <= 90.0:

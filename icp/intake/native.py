@@ -114,21 +114,15 @@ def batch_items(
 def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
     if not isinstance(obj, Mapping):
         raise IntakeError("invalid_alert", "an alert must be a JSON object", "")
-    problems = Problems()
-    if not _KNOWN.issuperset(obj):
-        for name in sorted(set(obj) - _KNOWN):
-            problems.add("unknown_field", f"/{name[:40]}", f"unknown field {name[:40]!r}")
-    for name in REQUIRED:
-        if name not in obj:
-            problems.add("missing_field", f"/{name}", f"{name} is required")
     values: dict[str, Any] = {}
-    for name, where, reader in _READERS:
-        if name in obj:
-            try:
-                values[name] = reader(obj[name], where)
-            except IntakeError as exc:
-                problems.add("invalid_field", exc.field, exc.message)
-    problems.raise_if_any("invalid_alert")
+    try:  # an alert as it should be: each member it has read once
+        for name, value in obj.items():
+            values[name] = _READER_OF[name](value, _WHERE[name])
+        if not values.keys() >= _KNOWN_REQUIRED:
+            raise KeyError("a required member is missing")
+    except (KeyError, IntakeError):  # something is wrong: every problem, in the documented order
+        _problems(obj).raise_if_any("invalid_alert")
+        raise  # not reached: `_problems` finds what the quick reading tripped on
 
     notes = Problems()
     if config.too_far_ahead(values["time"], now):
@@ -156,6 +150,24 @@ def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
         findings=tuple(notes.items),
         data=data,
     )
+
+
+def _problems(obj: Mapping[str, Any]) -> Problems:
+    """Every problem of an alert, in the order of `REQUIRED`, then `_READERS`."""
+    problems = Problems()
+    if not _KNOWN.issuperset(obj):
+        for name in sorted(set(obj) - _KNOWN):
+            problems.add("unknown_field", f"/{name[:40]}", f"unknown field {name[:40]!r}")
+    for name in REQUIRED:
+        if name not in obj:
+            problems.add("missing_field", f"/{name}", f"{name} is required")
+    for name, where, reader in _READERS:
+        if name in obj:
+            try:
+                reader(obj[name], where)
+            except IntakeError as exc:
+                problems.add("invalid_field", exc.field, exc.message)
+    return problems
 
 
 def _kind(value: object, where: str) -> AlertKind:
@@ -199,6 +211,7 @@ def _data(value: object, where: str) -> dict[str, Any]:
 
 
 _KNOWN = frozenset(REQUIRED + OPTIONAL)
+_KNOWN_REQUIRED = frozenset(REQUIRED)
 # Each member's reader, in the order its problems are listed: (name, JSON pointer, reader(value, where)).
 _READERS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = tuple(
     (name, f"/{name}", reader) for name, reader in (
@@ -214,3 +227,5 @@ _READERS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = tuple(
     ("description", partial(_text, limit=MAX_DESCRIPTION_CHARS)),
     ("data", _data),
 ))
+_READER_OF = {name: reader for name, _, reader in _READERS}
+_WHERE = {name: where for name, where, _ in _READERS}

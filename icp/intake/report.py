@@ -674,7 +674,7 @@ def lat_lon_point(obj: Any, where: str) -> Point:
     if not isinstance(obj, dict):
         raise IntakeError("invalid_alert", 'must be {"lat": …, "lon": …} or a GeoJSON geometry', where)
     lon_key = "lng" if "lng" in obj and "lon" not in obj else "lon"
-    unknown = sorted(set(obj) - {"lat", lon_key})
+    unknown = [] if len(obj) == 2 and "lat" in obj and lon_key in obj else sorted(set(obj) - {"lat", lon_key})
     if unknown:
         raise IntakeError("invalid_alert", f"unknown member {unknown[0][:40]!r}", f"{where}/{unknown[0][:40]}")
     for key in ("lat", lon_key):

@@ -28,7 +28,7 @@ import asyncpg
 
 from dispatch import commands as cmd
 from dispatch import events as dev
-from dispatch.alert_rules import AlertRules, default_alert_rules
+from dispatch.alert_rules import AlertKind, AlertRules, default_alert_rules
 from dispatch.commands import MAX_ALERTS_PER_LINK
 from dispatch.correlation import AlertFacts, OpenIncident, OpenIncidents, correlate, default_policy
 from dispatch.decide import decide
@@ -108,6 +108,8 @@ class IntakeService:
         # The last batch's open incidents: the next batch's read finds mostly the same ones, and
         # takes over their place indexes with what they measured (`OpenIncidents(like=...)`).
         self.last_open: OpenIncidents | None = None
+        self._reaches: dict[AlertKind, tuple[str, float]] = {}  # a kind's joinable types (joined by ",") and radius
+        self._boxes_seen: dict[tuple[float, float, float], tuple[float, float, float, float]] = {}
 
     def open_incident(self, row: asyncpg.Record) -> OpenIncident:
         """An open incident's summary row as correlation sees it; the value made for the same row
@@ -130,13 +132,24 @@ class IntakeService:
         the types its kind joins (alerts of one place share a box; kinds that join nothing need
         none). A batch spread over a city with thousands of open incidents reads the few near its
         alerts, not all of them."""
-        policy, rules = self.policy, self.rules
         by_types: dict[str, set[tuple[float, float, float, float]]] = {}
+        reaches, boxes_seen = self._reaches, self._boxes_seen
+        if len(boxes_seen) >= 50_000:
+            boxes_seen.clear()
         for r in reports:
-            if r.location is not None:
-                types = ",".join(sorted(policy.compatible_types(r.kind, rules)))
-                if types:
-                    by_types.setdefault(types, set()).add(_box(r.location, policy.reach_of(r.kind).radius_m))
+            if r.location is None:
+                continue
+            reach = reaches.get(r.kind)
+            if reach is None:
+                types = ",".join(sorted(self.policy.compatible_types(r.kind, self.rules)))
+                reach = reaches[r.kind] = (types, self.policy.reach_of(r.kind).radius_m)
+            if reach[0]:
+                # A detector reports from one place again and again: its box is made once.
+                at = (r.location.lat, r.location.lon, reach[1])
+                box = boxes_seen.get(at)
+                if box is None:
+                    box = boxes_seen[at] = _box(r.location, reach[1])
+                by_types.setdefault(reach[0], set()).add(box)
         boxes: list[tuple[tuple[float, float, float, float], str]] = []
         for types, found in sorted(by_types.items()):
             if len(found) > MAX_BOXES_PER_TYPES:
