@@ -57,7 +57,7 @@ class Reach:
             check.set_field(self, name, float(value))
 
     def describe(self) -> str:
-        return f"{_metres(self.radius_m)} / {_duration(self.window_s)}"
+        return _describe(self.radius_m, self.window_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,7 +645,13 @@ def _metres(m: float) -> str:
     return f"{m:.0f} m" if m < 10_000 else f"{m / 1000:.1f} km"
 
 
-@cache
+@lru_cache(maxsize=256)
+def _describe(radius_m: float, window_s: float) -> str:
+    """A reach in words, written once per reach (every attach's reason names it)."""
+    return f"{_metres(radius_m)} / {_duration(window_s)}"
+
+
+@lru_cache(maxsize=256)
 def _window(seconds: float) -> timedelta:
     return timedelta(seconds=seconds)
 

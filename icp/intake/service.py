@@ -231,9 +231,9 @@ class IntakeService:
                 if k % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # lets the write send its next statement
                 sub = subs[n]
-                # The 202 names its flags and findings.
-                outcomes.append(AlertOutcome(outcome.alert_id, outcome.incident_id, outcome.outcome, outcome.reason,
-                                             sub.report))
+                # The 202 names its flags and findings: routing gave most outcomes their report already.
+                outcomes.append(outcome if outcome.report is sub.report else AlertOutcome(
+                    outcome.alert_id, outcome.incident_id, outcome.outcome, outcome.reason, sub.report))
                 encoded.append([eventlog.encode(e) for e in staged])
                 received.setdefault((sub.report.source, sub.who, tuple(agencies) or (EVERYONE,)), []).append(
                     _summary(alert_id, sub.report, outcome))
@@ -486,7 +486,7 @@ class _Batch:
             if current is not None:
                 self.open = open_now.with_incident(current.after(correlation, at))
             self._joined(alert_id, sub, incident_id, "attached", at)
-            attached = AlertOutcome(alert_id, incident_id, "attached", correlation.reason)
+            attached = AlertOutcome(alert_id, incident_id, "attached", correlation.reason, report)
             return attached, staged, self.agencies[incident_id]
         agencies, zone = s.dispatch.placement(report.location, who)
         # Dispatchers read an address in the queue; the alert's headline stays on the alert.
@@ -502,12 +502,12 @@ class _Batch:
         if decision.auto_dispatch:
             self.timers.append((AUTO_DISPATCH, incident_id, self.now))
         self._joined(alert_id, sub, incident_id, "created", at)
-        return (AlertOutcome(alert_id, incident_id, "created", f"{correlation.reason}; {decision.reason}"),
+        return (AlertOutcome(alert_id, incident_id, "created", f"{correlation.reason}; {decision.reason}", report),
                 staged, agencies)
 
     def _recorded(self, alert_id: str, sub: _Submission, why: str) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
         self.rows.append((alert_id, sub, None, "recorded"))
-        return AlertOutcome(alert_id, None, "recorded", why), [], []
+        return AlertOutcome(alert_id, None, "recorded", why, sub.report), [], []
 
     def _joined(self, alert_id: str, sub: _Submission, incident_id: str, outcome: str, at: datetime) -> None:
         self.rows.append((alert_id, sub, incident_id, outcome))
