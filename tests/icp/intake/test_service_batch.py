@@ -297,10 +297,10 @@ def test_light_links_are_one_fact_per_run_of_one_sender_within_the_bound() -> No
 
 async def test_a_large_lot_is_inserted_while_it_is_routed(client: TestClient, sensor: str,  # noqa: F811
                                                           db_url: str) -> None:
-    # More alerts than COPY_EVERY: the first are inserted while the rest are routed, before the
-    # incidents that later alerts open are saved (the alerts' foreign key is checked at commit).
-    # Had any insert failed, the lot would have been run again alert by alert, one
-    # alerts.received each.
+    # More alerts than COPY_EVERY: the first are inserted while the rest are routed, except the
+    # one that opened an incident, held back until the flush saves the incident (the alerts'
+    # foreign key is checked as they go in, migration 0019). Had any insert failed, the lot
+    # would have been run again alert by alert, one alerts.received each.
     joining = [native(f"big-{i}", where=near(i % 10)) for i in range(COPY_EVERY + 5)]
     opening = [native(f"far-{i}", where={"lat": 60.1600 + 0.003 * i, "lon": 24.9300}) for i in range(8)]
     results = await batch(client, sensor, joining + opening)
