@@ -193,7 +193,11 @@ def _reject_constant(name: str) -> Any:
 
 # Made once: json.loads with an option builds a decoder on every call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# A run of 19 digits, found by mapping every digit to "0" and anything else to a space, then
+# looking for nineteen "0"s: a regular expression tried a match at every digit of a batch, and
+# cost four times as much as decoding it.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGITS = b"0" * 19
 
 
 def load_json(body: bytes | bytearray | memoryview | str, *, max_bytes: int, what: str) -> Any:
@@ -204,7 +208,7 @@ def load_json(body: bytes | bytearray | memoryview | str, *, max_bytes: int, wha
     # orjson reads most bodies several times faster. It reads integers beyond 64 bits as floats,
     # so a body with a run of 19 digits goes to the standard library, as does anything orjson
     # refuses (UTF-16 or -32, a BOM, a lone surrogate, bad JSON): its answer or error stands.
-    if _LONG_DIGITS.search(raw) is None:
+    if _LONG_DIGITS not in raw.translate(_DIGITS_AS_ZEROS):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
