@@ -260,7 +260,7 @@ def check_ident(value: object, where: str) -> str:
         raise IntakeError("invalid_alert", "must be a non-empty string", where)
     if len(value) > MAX_ID_CHARS:
         raise IntakeError("invalid_alert", f"is longer than {MAX_ID_CHARS} characters", where)
-    if _CONTROL.search(value):
+    if not value.isprintable() and _CONTROL.search(value):  # printable text has no control characters
         raise IntakeError("invalid_alert", "must not contain control characters", where)
     return value
 
