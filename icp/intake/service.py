@@ -85,16 +85,16 @@ class _Submission:
     raw: bytes  # the payload as received (an item of a native batch: the item's own JSON)
     content_type: str
     who: Principal
-    report_json: str  # the report as stored, encoded once
+    report_json: bytes  # the report as stored, encoded once (UTF-8 JSON text)
 
     @classmethod
     def of(cls, report: AlertReport, raw: bytes, content_type: str, who: Principal) -> _Submission:
         return cls(report, raw, content_type, who, report_json(report))
 
 
-def report_json(report: AlertReport) -> str:
-    """The stored form of a report: compact JSON text."""
-    return report.to_json_bytes().decode()
+def report_json(report: AlertReport) -> bytes:
+    """The stored form of a report: compact JSON text, UTF-8."""
+    return report.to_json_bytes()
 
 
 class IntakeService:

@@ -31,13 +31,18 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 def _encode_json(value: Any) -> str:
-    # Pre-encoded JSON text passes through untouched (the event log encodes canonically itself).
+    # Pre-encoded JSON text passes through untouched (the event log encodes canonically itself),
+    # as str or as UTF-8 bytes (which are no JSON value of their own).
     if isinstance(value, str):
         return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
     return jsontext.compact(value)
 
 
 def _encode_jsonb(value: Any) -> bytes:
+    if isinstance(value, bytes):  # pre-encoded (intake's reports): not decoded only to be encoded again
+        return b"\x01" + value
     return b"\x01" + _encode_json(value).encode("utf-8")
 
 
