@@ -117,7 +117,8 @@ def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
     values: dict[str, Any] = {}
     try:  # an alert as it should be: each member it has read once
         for name, value in obj.items():
-            values[name] = _READER_OF[name](value, _WHERE[name])
+            where, reader = _READER_OF[name]
+            values[name] = reader(value, where)
         if not values.keys() >= _KNOWN_REQUIRED:
             raise KeyError("a required member is missing")
     except (KeyError, IntakeError):  # something is wrong: every problem, in the documented order
@@ -227,5 +228,4 @@ _READERS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = tuple(
     ("description", partial(_text, limit=MAX_DESCRIPTION_CHARS)),
     ("data", _data),
 ))
-_READER_OF = {name: reader for name, _, reader in _READERS}
-_WHERE = {name: where for name, where, _ in _READERS}
+_READER_OF = {name: (where, reader) for name, where, reader in _READERS}

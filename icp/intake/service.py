@@ -89,12 +89,7 @@ class _Submission:
 
     @classmethod
     def of(cls, report: AlertReport, raw: bytes, content_type: str, who: Principal) -> _Submission:
-        return cls(report, raw, content_type, who, report_json(report))
-
-
-def report_json(report: AlertReport) -> bytes:
-    """The stored form of a report: compact JSON text, UTF-8."""
-    return report.to_json_bytes()
+        return cls(report, raw, content_type, who, report.to_json_bytes())
 
 
 class IntakeService:
