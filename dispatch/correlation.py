@@ -548,9 +548,8 @@ def correlate(
     snapshot = incidents if isinstance(incidents, OpenIncidents) else OpenIncidents(incidents)
     types = policy.compatible_types(alert.kind, rules)
     reach = policy.reach_of(alert.kind)
-    kind = alert.kind.value
-    if not types:
-        return Correlation("create", alert.alert_id, f"{kind} alerts join no incident type; a new incident")
+    if not types:  # (a StrEnum member formats as its value)
+        return Correlation("create", alert.alert_id, f"{alert.kind} alerts join no incident type; a new incident")
 
     # Nearest first; then the most recently alerted; then the id, so ties are stable. The window
     # is checked as a span of reference times, so a candidate out of time costs two comparisons
@@ -604,7 +603,7 @@ def _attach(
         why.append(f"the alert itself asks for priority {alert.priority}")
 
     reason = (
-        f"{alert.kind.value} alert {_metres(distance)} from incident {incident.id} ({incident.incident_type}), "
+        f"{alert.kind} alert {_metres(distance)} from incident {incident.id} ({incident.incident_type}), "
         f"{_duration(gap)} from its last alert, within {reach.describe()}"
     )
     if n_matches > 1:
@@ -633,7 +632,7 @@ def _miss_reason(
     alert: AlertFacts, nearest: tuple[OpenIncident, float] | None, types: frozenset[str], reach: Reach
 ) -> str:
     names = "/".join(sorted(types))
-    reason = f"no open {names} incident within {reach.describe()} of this {alert.kind.value} alert; a new incident"
+    reason = f"no open {names} incident within {reach.describe()} of this {alert.kind} alert; a new incident"
     if nearest is not None:
         incident, distance = nearest
         gap = abs((alert.at - incident.reference_time).total_seconds())

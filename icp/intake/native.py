@@ -20,17 +20,23 @@ from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 
+from dispatch._checks import derived
 from dispatch.alert_rules import AlertKind, Certainty, Severity, Urgency, normalise
 from geo.coords import Point
 from icp import jsontext
 from icp.intake.report import (
     DEFAULT_CONFIG,
     AlertReport,
+    Finding,
     IntakeConfig,
     IntakeError,
+    LocationFlag,
+    MsgType,
     Problems,
+    Status,
     check_ident,
     geojson_shape,
+    inside_service_area,
     lat_lon_point,
     load_json,
     parse_time,
@@ -112,7 +118,7 @@ def batch_items(
 
 
 def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):  # a decoded body's objects are dicts
         raise IntakeError("invalid_alert", "an alert must be a JSON object", "")
     values: dict[str, Any] = {}
     try:  # an alert as it should be: each member it has read once
@@ -125,32 +131,28 @@ def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
         _problems(obj).raise_if_any("invalid_alert")
         raise  # not reached: `_problems` finds what the quick reading tripped on
 
-    notes = Problems()
-    if config.too_far_ahead(values["time"], now):
-        notes.add("time_in_future", "/time", f"{obj['time']} is ahead of the server's clock")
-    location = values["location"]
-    placement = place_point(location, config) if isinstance(location, Point) else place(location, config)
+    sent = values["time"]
+    findings = ((Finding("time_in_future", "/time", f"{obj['time']} is ahead of the server's clock"),)
+                if config.too_far_ahead(sent, now) else ())
     # The sender's own details stay apart from what intake adds, so no key of theirs is overwritten.
     data: dict[str, Any] = {"native": values["data"]} if "data" in values else {}
-    if placement.data:
-        data["placement"] = dict(placement.data)
-    return AlertReport(
-        source=values["source"],
-        identifier=values["id"],
-        kind=values["kind"],
-        sent=values["time"],
-        raw_format="native",
-        severity=values.get("severity", Severity.UNKNOWN),
-        urgency=values.get("urgency", Urgency.UNKNOWN),
-        certainty=values.get("certainty", Certainty.UNKNOWN),
-        headline=values.get("headline", ""),
-        description=values.get("description", ""),
-        location=placement.location,
-        area=placement.area,
-        location_flags=placement.flags,
-        findings=tuple(notes.items),
-        data=data,
-    )
+    location = values["location"]
+    if isinstance(location, Point) and inside_service_area(location, config):  # a sensor's usual case
+        placed: tuple[Point | None, Any, tuple[LocationFlag, ...]] = (location, None, ())
+    else:
+        placement = place_point(location, config) if isinstance(location, Point) else place(location, config)
+        placed = (placement.location, placement.area, placement.flags)
+        if placement.data:
+            data["placement"] = dict(placement.data)
+    get = values.get
+    fields = (values["source"], values["id"], values["kind"], sent, "native", MsgType.ALERT, Status.ACTUAL, (),
+              get("severity", Severity.UNKNOWN), get("urgency", Urgency.UNKNOWN), get("certainty", Certainty.UNKNOWN),
+              get("headline", ""), get("description", ""), "", *placed, findings, (), None, False, data)
+    if placed[1] is None:
+        # Every value above passed the readers' checks, which are those of the report's own (its
+        # text bounds are wider): a point alert's report is made without checking them twice.
+        return derived(AlertReport, *fields)
+    return AlertReport(**dict(zip(_REPORT_FIELDS, fields, strict=True)))
 
 
 def _problems(obj: Mapping[str, Any]) -> Problems:
@@ -212,6 +214,7 @@ def _data(value: object, where: str) -> dict[str, Any]:
 
 
 _KNOWN = frozenset(REQUIRED + OPTIONAL)
+_REPORT_FIELDS = AlertReport.__slots__
 _KNOWN_REQUIRED = frozenset(REQUIRED)
 # Each member's reader, in the order its problems are listed: (name, JSON pointer, reader(value, where)).
 _READERS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = tuple(

@@ -28,6 +28,7 @@ import asyncpg
 
 from dispatch import commands as cmd
 from dispatch import events as dev
+from dispatch._checks import derived
 from dispatch.alert_rules import AlertKind, AlertRules, default_alert_rules
 from dispatch.commands import MAX_ALERTS_PER_LINK
 from dispatch.correlation import AlertFacts, OpenIncident, OpenIncidents, correlate, default_policy
@@ -318,14 +319,15 @@ class IntakeService:
 
 def _summary(alert_id: str, report: AlertReport, outcome: AlertOutcome) -> dict[str, Any]:
     """An alert as `alerts.received` lists it. Plain data (strings, lists of strings, numbers in
-    canonical form): the log need not walk it."""
+    canonical form; the members of string enums are strings, and written as their values): the
+    log need not walk it."""
     loc = report.location
     return {
         "alert_id": alert_id, "source": report.source, "identifier": report.identifier,
-        "kind": report.kind.value, "msg_type": report.msg_type.value, "severity": report.severity.value,
-        "certainty": report.certainty.value, "headline": report.headline[:200],
+        "kind": report.kind, "msg_type": report.msg_type, "severity": report.severity,
+        "certainty": report.certainty, "headline": report.headline[:200],
         "location": {"lat": json_number(loc.lat), "lon": json_number(loc.lon)} if loc else None,
-        "location_flags": [f.value for f in report.location_flags],
+        "location_flags": list(report.location_flags),
         "incident_id": outcome.incident_id, "outcome": outcome.outcome, "reason": outcome.reason[:500],
     }
 
@@ -437,7 +439,7 @@ class _Batch:
         were, the unique key refuses the COPY and the batch is run again alert by alert."""
         now = self.now
         await self.conn.copy_records_to_table("alerts", columns=_ALERT_COLUMNS, records=[
-            (alert_id, r.source, r.identifier, r.kind.value, r.msg_type.value, r.status.value, r.sent, now,
+            (alert_id, r.source, r.identifier, r.kind, r.msg_type, r.status, r.sent, now,  # enum members are text
              r.location.lat if r.location else None, r.location.lon if r.location else None, incident_id,
              outcome, sub.report_json, sub.raw, sub.content_type, f"{sub.who.kind}:{sub.who.id}")
             for alert_id, sub, incident_id, outcome in rows for r in (sub.report,)])
@@ -470,8 +472,8 @@ class _Batch:
         if decision.incident_type is None:
             return self._recorded(alert_id, sub, decision.reason)
         at = min(report.sent, self.now)
-        facts = AlertFacts(alert_id=alert_id, kind=report.kind, location=report.location, at=at,
-                           priority=decision.priority)
+        # Every value was checked as the report, the rules and the id were made.
+        facts = derived(AlertFacts, alert_id, report.kind, report.location, at, decision.priority)
         open_now = await self._open_incidents()
         correlation = correlate(facts, open_now, s.policy, s.rules)
         if correlation.action == "attach" and correlation.incident_id is not None:

@@ -120,5 +120,5 @@ def test_derived_values_hold_what_they_were_given_and_nothing_less() -> None:
     assert made == OpenIncident(*values) and hash(made) == hash(OpenIncident(*values))
     with pytest.raises(AttributeError):
         made.priority = 1  # type: ignore[misc]  # still frozen
-    with pytest.raises(TypeError, match="7 fields, got 6"):
+    with pytest.raises(TypeError, match="derived_OpenIncident"):  # one value short
         _checks.derived(OpenIncident, *values[:6])

@@ -187,6 +187,25 @@ def test_time_ahead_of_the_clock_is_a_finding_not_a_refusal():
     assert not parse_native(alert(time="2026-03-01T12:04:00Z"), now=T0).findings
 
 
+@pytest.mark.parametrize("changes", [
+    {},
+    {"severity": "severe", "urgency": "Immediate", "certainty": "Observed", "headline": "Kitchen",
+     "description": "Smoke on the 3rd floor", "data": {"floor": 3}},
+    {"location": {"type": "Point", "coordinates": [HELSINKI[1], HELSINKI[0]]}},
+    {"location": {"lat": 61.4978, "lon": 23.7610}},  # outside: flagged
+    {"location": {"lat": HELSINKI[1], "lon": HELSINKI[0]}},  # swapped: flagged, with data
+    {"location": {"type": "Polygon", "coordinates": [[[24.93, 60.16], [24.95, 60.16], [24.95, 60.18],
+                                                     [24.93, 60.16]]]}},
+    {"time": "2026-03-01T13:00:00Z"},  # ahead of the clock: a finding
+])
+def test_a_point_alerts_report_is_what_the_checked_construction_makes(changes):
+    # Reports of point alerts skip the report's own checks (the readers made them): each must
+    # be equal, field for field, to the one the checked constructor makes of the same values.
+    report = parse_native(body(alert(**changes)), CITY, now=T0)
+    assert AlertReport(**{name: getattr(report, name) for name in AlertReport.__slots__}) == report
+    assert AlertReport.from_json(json.loads(report.to_json_bytes())) == report
+
+
 def test_batch_keeps_the_good_and_names_the_bad():
     items = [alert(id="a"), alert(id="b", kind="nope"), alert(id="c")]
     results = parse_native_batch(body(items))

@@ -125,7 +125,7 @@ def _every_kind_of_report() -> list[AlertReport]:
 
 
 def test_the_stored_text_of_a_report_is_its_to_json():
-    # to_json_bytes writes the dataclasses directly; it must say exactly what to_json says.
+    # to_json_bytes lets orjson write times, enums and parts itself; it must say exactly what to_json says.
     reports = _every_kind_of_report()
     assert any(r.infos and r.infos[0].expires for r in reports) and any(r.findings for r in reports)
     assert any(r.area is not None for r in reports) and any(r.location_flags for r in reports)
