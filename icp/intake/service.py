@@ -55,8 +55,8 @@ ALERTS_RECEIVED = "alerts.received"
 # bounded), so an event stays well under the log's bound on one event (eventlog.MAX_EVENT_BYTES).
 RECEIVED_PER_EVENT = 64
 _YIELD_EVERY = 100  # alerts summarised between two chances for the batch's write to go on
-COPY_EVERY = 250  # routed alerts inserted while the next ones are routed
-_YIELD_ROUTING = 20  # alerts routed between two chances for that insert to go on
+COPY_AT_LEAST = 100  # routed alerts inserted together (at least) while the next ones are routed
+_YIELD_ROUTING = 20  # alerts routed between two chances for an insert to start or go on
 MAX_BOXES_PER_TYPES = 64  # beyond this many boxes for one set of incident types, one box holds them all
 
 
@@ -206,10 +206,10 @@ class IntakeService:
             for k, n in enumerate(fresh):
                 alert_id = "AL-" + randomness[20 * k: 20 * k + 20]
                 routed.append((n, alert_id, await batch.route(alert_id, subs[n])))
-                if k % COPY_EVERY == COPY_EVERY - 1:
-                    batch.insert_routed()
-                if k % _YIELD_ROUTING == 0 and batch.inserting is not None:
-                    await asyncio.sleep(0)  # lets the insert go on (routing itself seldom waits)
+                if k % _YIELD_ROUTING == _YIELD_ROUTING - 1:
+                    batch.insert_routed(at_least=COPY_AT_LEAST)
+                    if batch.inserting is not None:
+                        await asyncio.sleep(0)  # lets the insert go on (routing itself seldom waits)
         except BaseException:
             await batch.settle(raising=False)  # the connection must be free again
             raise
@@ -405,13 +405,18 @@ class _Batch:
         self.unsaved: set[str] = set()  # incidents this batch opened, saved by the next flush
         self.inserting: asyncio.Future[None] | None = None  # a COPY of routed alerts on the connection
 
-    def insert_routed(self) -> None:
-        """Start inserting the alerts routed so far while the next ones are routed (PostgreSQL's
-        work then overlaps the node's), unless the previous insert is still running: the
-        connection runs one statement at a time. An alert that opened an incident waits for the
-        flush that saves it: the foreign key is checked as the rows go in, so its cost (an index
-        read per alert) overlaps routing too, rather than adding to the commit (migration 0019)."""
+    def insert_routed(self, *, at_least: int = 1) -> None:
+        """Start inserting the alerts routed so far (if ``at_least`` that many wait) while the
+        next ones are routed (PostgreSQL's work then overlaps the node's), unless the previous
+        insert is still running: the connection runs one statement at a time. Started as soon as
+        the connection is free, each insert takes what was routed while the one before ran, so
+        few alerts are left for the end of the lot, which the 202s wait for. An alert that opened
+        an incident waits for the flush that saves it: the foreign key is checked as the rows go
+        in, so its cost (an index read per alert) overlaps routing too, rather than adding to the
+        commit (migration 0019)."""
         if self.inserting is not None and not self.inserting.done():
+            return
+        if len(self.rows) - self.inserted < at_least:
             return
         if self.inserting is not None and self.inserting.exception() is not None:
             return  # `settle` raises it

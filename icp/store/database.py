@@ -18,11 +18,12 @@ from icp.store.embedded import EmbeddedCluster
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Per-connection set-up: json and jsonb values as Python objects.
 
-    jsonb uses its binary wire format (a version byte, then the text) so that COPY, which the
-    event log uses for batches, can carry it. A ``str`` is taken as already-encoded JSON text.
+    Both use their binary wire formats (json's is its text; jsonb's a version byte, then the
+    text) so that COPY, which the event log and intake use for batches, can carry them. A ``str``
+    or UTF-8 ``bytes`` is taken as already-encoded JSON text.
     """
     await conn.set_type_codec(
-        "json", encoder=_encode_json, decoder=json.loads, schema="pg_catalog"
+        "json", encoder=_encode_json, decoder=json.loads, schema="pg_catalog", format="binary",
     )
     await conn.set_type_codec(
         "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog",
@@ -30,20 +31,18 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-def _encode_json(value: Any) -> str:
-    # Pre-encoded JSON text passes through untouched (the event log encodes canonically itself),
-    # as str or as UTF-8 bytes (which are no JSON value of their own).
-    if isinstance(value, str):
-        return value
+def _encode_json(value: Any) -> bytes:
+    # Pre-encoded JSON text passes through untouched (the event log encodes canonically itself;
+    # intake's reports come as UTF-8 bytes, which are no JSON value of their own).
     if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return jsontext.compact(value)
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return jsontext.compact_bytes(value)
 
 
 def _encode_jsonb(value: Any) -> bytes:
-    if isinstance(value, bytes):  # pre-encoded (intake's reports): not decoded only to be encoded again
-        return b"\x01" + value
-    return b"\x01" + _encode_json(value).encode("utf-8")
+    return b"\x01" + _encode_json(value)
 
 
 def _decode_jsonb(data: bytes) -> Any:

@@ -26,7 +26,7 @@ from icp.auth.principal import Principal, Role
 from icp.config import Settings
 from icp.intake.cap import parse_cap
 from icp.intake.native import parse_native
-from icp.intake.service import COPY_EVERY, CORRELATION_LOCK_KEY, MAX_BOXES_PER_TYPES, RECEIVED_PER_EVENT, _Batch
+from icp.intake.service import COPY_AT_LEAST, CORRELATION_LOCK_KEY, MAX_BOXES_PER_TYPES, RECEIVED_PER_EVENT, _Batch
 from icp.live import LivePicture
 from icp.store import database, eventlog
 from icp.store.eventlog import NewEvent, RecordedEvent
@@ -297,14 +297,14 @@ def test_light_links_are_one_fact_per_run_of_one_sender_within_the_bound() -> No
 
 async def test_a_large_lot_is_inserted_while_it_is_routed(client: TestClient, sensor: str,  # noqa: F811
                                                           db_url: str) -> None:
-    # More alerts than COPY_EVERY: the first are inserted while the rest are routed, except the
+    # More alerts than COPY_AT_LEAST: the first are inserted while the rest are routed, except the
     # one that opened an incident, held back until the flush saves the incident (the alerts'
     # foreign key is checked as they go in, migration 0019). Had any insert failed, the lot
     # would have been run again alert by alert, one alerts.received each.
-    joining = [native(f"big-{i}", where=near(i % 10)) for i in range(COPY_EVERY + 5)]
+    joining = [native(f"big-{i}", where=near(i % 10)) for i in range(COPY_AT_LEAST + 5)]
     opening = [native(f"far-{i}", where={"lat": 60.1600 + 0.003 * i, "lon": 24.9300}) for i in range(8)]
     results = await batch(client, sensor, joining + opening)
-    assert [r["outcome"] for r in results] == ["created"] + ["attached"] * (COPY_EVERY + 4) + ["created"] * 8
+    assert [r["outcome"] for r in results] == ["created"] + ["attached"] * (COPY_AT_LEAST + 4) + ["created"] * 8
     conn = await database.connect(db_url)
     try:
         placed = {r["id"]: (r["incident_id"], r["outcome"])
@@ -313,7 +313,8 @@ async def test_a_large_lot_is_inserted_while_it_is_routed(client: TestClient, se
         opened = {r["incident_id"] for r in results}
         assert await conn.fetchval("SELECT count(*) FROM incidents WHERE id = any($1::text[])", list(opened)) == 9
         lots = await conn.fetch("SELECT data FROM events WHERE type = 'alerts.received' ORDER BY seq")
-        assert [len(r["data"]["alerts"]) for r in lots] == [64] * 4 + [len(results) - 256]
+        whole, rest = divmod(len(results), RECEIVED_PER_EVENT)  # one lot, not alert by alert
+        assert [len(r["data"]["alerts"]) for r in lots] == [RECEIVED_PER_EVENT] * whole + [rest]
         verdict = await eventlog.verify(conn)
         assert verdict.ok, verdict.reason
     finally:
@@ -322,8 +323,8 @@ async def test_a_large_lot_is_inserted_while_it_is_routed(client: TestClient, se
 
 async def test_a_cap_cancel_in_a_large_lot_waits_for_the_insert_under_way(client: TestClient, make_token: Any,
                                                                           db_url: str) -> None:
-    # Alerts from two feeds share a lot: 290 native alerts (an insert of the first 250 starts
-    # while the rest are routed), a CAP Cancel (its path reads and writes through the
+    # Alerts from two feeds share a lot: 290 native alerts (inserts start while the rest are
+    # routed), a CAP Cancel (its path reads and writes through the
     # connection, so it waits for that insert), then 10 more.
     token = await make_token("sensor")
     opened = await _cap_post(client, token, _cap("LOT-1"))
