@@ -615,17 +615,9 @@ def _attach(
         changes.append(f"type {incident.incident_type} → {new_type}")
     if changes:
         reason += f"; {', '.join(changes)}: {'; '.join(why)}"
-    return Correlation(
-        "attach",
-        alert.alert_id,
-        reason,
-        incident_id=incident.id,
-        distance_m=distance,
-        priority=priority,
-        previous_priority=incident.priority,
-        incident_type=new_type,
-        previous_incident_type=incident.incident_type,
-    )
+    # Every value is the policy's or a checked incident's; an attach is made for most alerts of a storm.
+    return check.derived(Correlation, "attach", alert.alert_id, reason, incident.id, distance, priority,
+                         incident.priority, new_type, incident.incident_type)
 
 
 def _miss_reason(

@@ -90,7 +90,9 @@ class _Submission:
 
     @classmethod
     def of(cls, report: AlertReport, raw: bytes, content_type: str, who: Principal) -> _Submission:
-        return cls(report, raw, content_type, who, report.to_json_bytes())
+        # Plain values of the caller's (a checked report, the payload): made without __init__'s
+        # field-by-field object.__setattr__, as each of a storm's alerts makes one.
+        return derived(cls, report, raw, content_type, who, report.to_json_bytes())
 
 
 class IntakeService:
@@ -494,7 +496,7 @@ class _Batch:
             if current is not None:
                 self.open = open_now.with_incident(current.after(correlation, at))
             self._joined(alert_id, sub, incident_id, "attached", at)
-            attached = AlertOutcome(alert_id, incident_id, "attached", correlation.reason, report)
+            attached = derived(AlertOutcome, alert_id, incident_id, "attached", correlation.reason, report)
             return attached, staged, self.agencies[incident_id]
         agencies, zone = s.dispatch.placement(report.location, who)
         # Dispatchers read an address in the queue; the alert's headline stays on the alert.
@@ -516,7 +518,7 @@ class _Batch:
 
     def _recorded(self, alert_id: str, sub: _Submission, why: str) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
         self.rows.append((alert_id, sub, None, "recorded"))
-        return AlertOutcome(alert_id, None, "recorded", why, sub.report), [], []
+        return derived(AlertOutcome, alert_id, None, "recorded", why, sub.report), [], []
 
     def _joined(self, alert_id: str, sub: _Submission, incident_id: str, outcome: str, at: datetime) -> None:
         self.rows.append((alert_id, sub, incident_id, outcome))
