@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import asyncpg
 
@@ -53,11 +53,63 @@ Work = Callable[[asyncpg.Connection], Awaitable[Staged[T]]]
 BatchWork = Callable[[asyncpg.Connection, list[Any]], Awaitable[list[Staged[Any]]]]
 
 
+class _Waiter(Protocol):
+    """Where a unit's outcome goes: an `asyncio.Future`, or its place in a `_Together`."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: tuple[Any, list[RecordedEvent]], /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+_PENDING: Any = object()
+
+
+class _Together:
+    """The outcomes of many units queued at once (`submit_batched_all`), in order, behind one
+    future: the last outcome wakes the caller. A future per unit, gathered, cost a future and a
+    wake-up of the event loop for each of a storm's alerts."""
+
+    __slots__ = ("future", "left", "outcomes")
+
+    def __init__(self, n: int) -> None:
+        self.future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.outcomes: list[Any] = [_PENDING] * n
+        self.left = n
+
+    def settle(self, index: int, outcome: Any) -> None:
+        if self.future.done() or self.outcomes[index] is not _PENDING:
+            return  # the caller was cancelled, or this unit has its outcome
+        self.outcomes[index] = outcome
+        self.left -= 1
+        if not self.left:
+            self.future.set_result(self.outcomes)
+
+
+class _Place:
+    """One unit's place in a `_Together`, taking its outcome as a future would."""
+
+    __slots__ = ("_index", "_together")
+
+    def __init__(self, together: _Together, index: int) -> None:
+        self._together, self._index = together, index
+
+    def done(self) -> bool:
+        return self._together.future.done() or self._together.outcomes[self._index] is not _PENDING
+
+    def set_result(self, result: tuple[Any, list[RecordedEvent]], /) -> None:
+        self._together.settle(self._index, result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._together.settle(self._index, exception)
+
+
 @dataclass(slots=True)
 class _Item:
     work: Work[Any] | None
     events: list[eventlog.EncodedEvent]
-    future: asyncio.Future[tuple[Any, list[RecordedEvent]]]
+    future: _Waiter
     batch_work: BatchWork | None = None
     payload: Any = None
 
@@ -137,15 +189,14 @@ class GroupCommitter:
     async def submit_batched_all(self, work: BatchWork, payloads: Sequence[Any]) -> list[Any]:
         """Queue many payloads at once (so they share one transaction); one result or exception
         per payload, in order."""
+        if not payloads:
+            return []
         self._check_open(len(payloads))
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[tuple[Any, list[RecordedEvent]]]] = []
-        for payload in payloads:
-            future: asyncio.Future[tuple[Any, list[RecordedEvent]]] = loop.create_future()
-            self._queue.append(_Item(None, [], future, work, payload))
-            futures.append(future)
+        together = _Together(len(payloads))
+        self._queue += [_Item(None, [], _Place(together, n), work, payload) for n, payload in enumerate(payloads)]
         self._wake.set()
-        return await asyncio.shield(asyncio.gather(*futures, return_exceptions=True))
+        # Awaited directly, as `_enqueue` awaits its future: a cancelled caller withdraws nothing.
+        return await together.future
 
     async def append(self, event: NewEvent) -> RecordedEvent:
         """Append one event; return it once it is durable."""

@@ -304,6 +304,39 @@ async def test_a_cancelled_caller_withdraws_nothing_and_disturbs_nobody(pool: as
     assert [e.type for e in await eventlog.read_after(conn, 0)] == ["test.slow", "test.good", "test.good"]
 
 
+async def test_many_units_queued_at_once_answer_together_in_order(pool: asyncpg.Pool,
+                                                                   conn: asyncpg.Connection) -> None:
+    # One submission of many payloads has one outcome per payload, in order, even when the lots
+    # split it (max_batch 3); none is an empty list at once; a cancelled caller withdraws nothing.
+    committer = GroupCommitter(pool, max_batch=3)
+    committer.start()
+    gate = asyncio.Event()
+
+    async def work(c: asyncpg.Connection, items: list[int]) -> list[Staged[int]]:
+        if 0 in items:
+            await gate.wait()  # holds the transaction open while the others queue
+        return [Staged(v * 10, [NewEvent("test.many", f"v:{v}", {"v": v})]) for v in items]
+
+    try:
+        assert await committer.submit_batched_all(work, []) == []
+        held = asyncio.create_task(committer.submit_batched_all(work, [0]))
+        await asyncio.sleep(0.05)
+        seven = asyncio.create_task(committer.submit_batched_all(work, list(range(1, 8))))
+        withdrawn = asyncio.create_task(committer.submit_batched_all(work, [8, 9]))
+        await asyncio.sleep(0.01)
+        withdrawn.cancel()
+        gate.set()
+        assert [r[0] for r in await held] == [0]
+        outcomes = await seven
+        assert [r[0] for r in outcomes] == [10, 20, 30, 40, 50, 60, 70]
+        assert [e.data["v"] for r in outcomes for e in r[1]] == list(range(1, 8))
+        assert withdrawn.cancelled()
+    finally:
+        await committer.stop()
+    assert committer.stats.transactions >= 4  # [0], then seven in lots of three, then [8, 9]
+    assert [e.data["v"] for e in await eventlog.read_after(conn, 0)] == list(range(10))
+
+
 async def test_group_commit_queue_is_bounded(pool: asyncpg.Pool) -> None:
     committer = GroupCommitter(pool, max_queue=5)
     committer.start()
