@@ -402,9 +402,7 @@ class _Batch:
         self.timers: list[tuple[str, str, datetime]] = []
         self.last_number: int | None = None  # the year's counter, locked, as this batch has taken it
         self.numbers_taken = False
-        self.inserted = 0  # how many of `rows` are inserted, being inserted, or held back
-        self.held: list[tuple[str, _Submission, str | None, str]] = []  # rows of incidents not saved yet
-        self.unsaved: set[str] = set()  # incidents this batch opened, saved by the next flush
+        self.inserted = 0  # how many of `rows` are inserted or being inserted
         self.inserting: asyncio.Future[None] | None = None  # a COPY of routed alerts on the connection
 
     def insert_routed(self, *, at_least: int = 1) -> None:
@@ -412,10 +410,9 @@ class _Batch:
         next ones are routed (PostgreSQL's work then overlaps the node's), unless the previous
         insert is still running: the connection runs one statement at a time. Started as soon as
         the connection is free, each insert takes what was routed while the one before ran, so
-        few alerts are left for the end of the lot, which the 202s wait for. An alert that opened
-        an incident waits for the flush that saves it: the foreign key is checked as the rows go
-        in, so its cost (an index read per alert) overlaps routing too, rather than adding to the
-        commit (migration 0019)."""
+        few alerts are left for the end of the lot, which the 202s wait for. An alert may go in
+        before the incident it opened is saved (by the flush, in the same transaction): its
+        incident is no foreign key (migration 0023)."""
         if self.inserting is not None and not self.inserting.done():
             return
         if len(self.rows) - self.inserted < at_least:
@@ -423,11 +420,7 @@ class _Batch:
         if self.inserting is not None and self.inserting.exception() is not None:
             return  # `settle` raises it
         rows, self.inserted = self.rows[self.inserted:], len(self.rows)
-        if self.unsaved:
-            self.held += [r for r in rows if r[2] in self.unsaved]
-            rows = [r for r in rows if r[2] not in self.unsaved]
-        if rows:
-            self.inserting = asyncio.ensure_future(self._insert(rows))
+        self.inserting = asyncio.ensure_future(self._insert(rows))
 
     async def settle(self, *, raising: bool = True) -> None:
         """Wait for the insert under way, so the connection is free (its failure raised here)."""
@@ -504,7 +497,6 @@ class _Batch:
         number = await self._next_number()
         incident_id = str(number)
         self.agencies[incident_id] = agencies
-        self.unsaved.add(incident_id)
         staged = await self._apply(incident_id, [cmd.CreateIncident(
             incident_id=incident_id, number=number, incident_type=decision.incident_type,
             priority=decision.priority, location=report.location, address=address[:200], zone=zone,
@@ -622,7 +614,6 @@ class _Batch:
         for kind, ref, due in self.timers:
             await store.set_timer(conn, kind, ref, due)
         self.dirty, self.linked, self.rows, self.last_alert, self.timers = set(), {}, [], {}, []
-        self.held, self.unsaved = [], set()
         self.numbers_taken = False
         self.inserted = 0
 
@@ -633,10 +624,10 @@ class _Batch:
         links added to its alert list in order (rows of incident_alerts after those stored),
         with the checks that the incidents joined without their lock are still open and still
         belong to the same agencies."""
-        rest = self.held + self.rows[self.inserted:]  # the incidents they opened are saved now
+        rest = self.rows[self.inserted:]
         if rest:
             await self._insert(rest)
-        self.inserted, self.held = len(self.rows), []
+        self.inserted = len(self.rows)
         ids = sorted(self.last_alert)
         links = [(i, a) for i, pending in self.linked.items() for a, _ in pending]
         if ids or self.numbers_taken:

@@ -297,10 +297,10 @@ def test_light_links_are_one_fact_per_run_of_one_sender_within_the_bound() -> No
 
 async def test_a_large_lot_is_inserted_while_it_is_routed(client: TestClient, sensor: str,  # noqa: F811
                                                           db_url: str) -> None:
-    # More alerts than COPY_AT_LEAST: the first are inserted while the rest are routed, except the
-    # one that opened an incident, held back until the flush saves the incident (the alerts'
-    # foreign key is checked as they go in, migration 0019). Had any insert failed, the lot
-    # would have been run again alert by alert, one alerts.received each.
+    # More alerts than COPY_AT_LEAST: the first are inserted while the rest are routed, the
+    # one that opened an incident among them, before the flush saves the incident (in the same
+    # transaction: an alert's incident is no foreign key, migration 0023). Had any insert failed,
+    # the lot would have been run again alert by alert, one alerts.received each.
     joining = [native(f"big-{i}", where=near(i % 10)) for i in range(COPY_AT_LEAST + 5)]
     opening = [native(f"far-{i}", where={"lat": 60.1600 + 0.003 * i, "lon": 24.9300}) for i in range(8)]
     results = await batch(client, sensor, joining + opening)
@@ -312,6 +312,8 @@ async def test_a_large_lot_is_inserted_while_it_is_routed(client: TestClient, se
         assert placed == {r["alert_id"]: (r["incident_id"], r["outcome"]) for r in results}
         opened = {r["incident_id"] for r in results}
         assert await conn.fetchval("SELECT count(*) FROM incidents WHERE id = any($1::text[])", list(opened)) == 9
+        assert await conn.fetchval("SELECT count(*) FROM alerts a LEFT JOIN incidents i ON i.id = a.incident_id"
+                                   " WHERE a.incident_id IS NOT NULL AND i.id IS NULL") == 0  # none points nowhere
         lots = await conn.fetch("SELECT data FROM events WHERE type = 'alerts.received' ORDER BY seq")
         whole, rest = divmod(len(results), RECEIVED_PER_EVENT)  # one lot, not alert by alert
         assert [len(r["data"]["alerts"]) for r in lots] == [RECEIVED_PER_EVENT] * whole + [rest]
