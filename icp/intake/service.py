@@ -185,9 +185,9 @@ class IntakeService:
         # The lock, then the reads after it of the repeats and of the open incidents the alerts
         # could join: one round trip (migration 0015).
         rows = await conn.fetch(
-            "SELECT * FROM icp_intake_read_locked($1, $2, $3, $4, $5, $6, $7, $8)", CORRELATION_LOCK_KEY,
-            [x.report.source for x in subs], [x.report.identifier for x in subs],
-            *self._boxes([x.report for x in subs]))
+            f"SELECT * FROM icp_intake_read_locked($1, {_TEXTS.format(2)}, {_TEXTS.format(3)}, $4, $5, $6, $7, $8)",
+            CORRELATION_LOCK_KEY, _texts([x.report.source for x in subs]),
+            _texts([x.report.identifier for x in subs]), *self._boxes([x.report for x in subs]))
         now = datetime.now(UTC)
         earlier: dict[tuple[str, str], tuple[str, str | None]] = {
             (r["seen_source"], r["seen_identifier"]): (r["alert_id"], r["alert_incident"])
@@ -347,6 +347,18 @@ def _received_events(received: dict[tuple[str, Principal, tuple[str, ...]], list
             out.append(NewEvent(ALERTS_RECEIVED, f"source/{source}"[:200], {"source": source, "alerts": part},
                                 actor=who.actor(), visibility=visibility, plain=True))
     return out
+
+
+# A list of texts as one parameter: asyncpg checks each element of an array against three
+# abstract base classes, which cost as much as the rest of a lot's reads and writes on the node.
+# Sources, identifiers and ids hold no control characters (`check_ident`, ICP's own ids), so the
+# unit separator (0x1F) divides them; `_TEXTS.format(n)` is parameter n as text[] again.
+_SEPARATOR = "\x1f"
+_TEXTS = "string_to_array(${}, chr(31))"
+
+
+def _texts(values: list[str]) -> str:
+    return _SEPARATOR.join(values)
 
 
 def _box(point: Point, reach_m: float) -> tuple[float, float, float, float]:
@@ -633,9 +645,10 @@ class _Batch:
         if ids or self.numbers_taken:
             result = await self.conn.fetch(
                 "WITH num AS (UPDATE incident_numbers SET last = $6 WHERE year = $5 AND $6::integer IS NOT NULL),"
-                " l AS (SELECT inc, aid, n FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS l(inc, aid, n)),"
+                f" l AS (SELECT inc, aid, n FROM unnest({_TEXTS.format(3)}, {_TEXTS.format(4)})"
+                "   WITH ORDINALITY AS l(inc, aid, n)),"
                 " c AS (SELECT inc, count(*)::integer AS c FROM l GROUP BY inc),"
-                " u AS (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)),"
+                f" u AS (SELECT * FROM unnest({_TEXTS.format(1)}, $2::timestamptz[]) AS u(id, at)),"
                 " t AS (UPDATE incidents i SET last_alert_at = greatest(i.last_alert_at, u.at),"
                 "   alert_count = i.alert_count + coalesce(c.c, 0),"
                 "   updated_at = CASE WHEN c.c IS NULL THEN i.updated_at ELSE now() END"
@@ -645,7 +658,8 @@ class _Batch:
                 "   SELECT l.inc, t.stored + row_number() OVER (PARTITION BY l.inc ORDER BY l.n), l.aid"
                 "   FROM l JOIN t ON t.id = l.inc)"
                 " SELECT id, status, agency_ids FROM t",
-                ids, [self.last_alert[i] for i in ids], [i for i, _ in links], [a for _, a in links],
+                _texts(ids), [self.last_alert[i] for i in ids], _texts([i for i, _ in links]),
+                _texts([a for _, a in links]),
                 self.now.year, self.last_number if self.numbers_taken else None,
             )
             found = {r["id"]: r for r in result}
