@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -30,7 +31,8 @@ _MAKERS: dict[type, Callable[..., Any]] = {}
 
 
 def derived(cls: type[T], *values: object) -> T:
-    """A frozen slotted dataclass made from ``values`` (every field, in order) without its
+    """A frozen slotted dataclass made from ``values`` (every field, in `fields` order, a base
+    class's first) without its
     ``__post_init__``: for a value derived from one already checked, on a path that runs for
     every alert of a storm, where the caller checks what it changed. Built through the slots'
     own setters, by a function made once per class (as dataclasses make ``__init__``), it costs
@@ -42,7 +44,8 @@ def derived(cls: type[T], *values: object) -> T:
 
 
 def _maker(cls: type) -> Callable[..., Any]:
-    names: tuple[str, ...] = cls.__slots__  # type: ignore[attr-defined]
+    # Every field, a base class's too (a subclass's __slots__ name only its own).
+    names = tuple(f.name for f in fields(cls))
     scope: dict[str, Any] = {"new": object.__new__, "cls": cls}
     scope.update((f"set_{i}", getattr(cls, name).__set__) for i, name in enumerate(names))
     args = ", ".join(f"v{i}" for i in range(len(names)))

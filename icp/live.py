@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
 import asyncpg
 
 from dispatch import events as dev
+from dispatch._checks import derived
 from dispatch.errors import DomainError
 from dispatch.evolve import evolve
 from dispatch.incident import Incident
@@ -39,18 +41,17 @@ PLANS_UPDATED = "response_plans.updated"
 _PICTURE_EVENTS = frozenset({AGENCY_SAVED, STATION_SAVED, UNIT_SAVED, PLANS_UPDATED, *dev.EVENT_TYPES})
 ALERT_LINKED = dev.AlertLinked.type
 ALERTS_LINKED = dev.AlertsLinked.type
-_INCIDENT_FIELDS = tuple(f.name for f in fields(Incident) if f.name != "alert_ids")
+_INCIDENT_VALUES = attrgetter(*Incident.__slots__)  # every field's value, in the slots' order
+_ALERT_IDS = Incident.__slots__.index("alert_ids")
 
 
 def _with_alerts(incident: Incident, alert_ids: tuple[str, ...]) -> Incident:
     """``incident`` with ``alert_ids`` appended to its alerts, as `evolve` makes it for an
     ``AlertLinked`` or ``AlertsLinked``, without checking every field (and the whole alert list)
     again: the event is a fact `decide` checked."""
-    out = object.__new__(Incident)
-    for name in _INCIDENT_FIELDS:
-        object.__setattr__(out, name, getattr(incident, name))
-    object.__setattr__(out, "alert_ids", (*incident.alert_ids, *alert_ids))
-    return out
+    values = list(_INCIDENT_VALUES(incident))
+    values[_ALERT_IDS] = (*incident.alert_ids, *alert_ids)
+    return derived(Incident, *values)
 
 
 class LivePicture:

@@ -455,7 +455,7 @@ class AlertReport:
             and self.msg_type in (MsgType.ALERT, MsgType.UPDATE)
             and not self.below_threshold
             and self.location is not None
-            and not DOUBTFUL_FLAGS.intersection(self.location_flags)
+            and (not self.location_flags or DOUBTFUL_FLAGS.isdisjoint(self.location_flags))
         )
 
     def _members(self) -> dict[str, Any]:

@@ -540,8 +540,10 @@ class _Batch:
             who, end = pending[start][1], start + 1
             while end < len(pending) and end - start < MAX_ALERTS_PER_LINK and pending[end][1] == who:
                 end += 1
-            out.append((dev.AlertsLinked(at=self.now, incident_id=incident_id,
-                                         alert_ids=tuple(a for a, _ in pending[start:end])), who))
+            # The time is the lot's, the incident one read under the lock, the ids ICP's own: a
+            # lot's hundreds of these are made without checking each again.
+            out.append((derived(dev.AlertsLinked, self.now, incident_id,
+                                tuple([a for a, _ in pending[start:end]])), who))
             start = end
         return out
 

@@ -122,3 +122,8 @@ def test_derived_values_hold_what_they_were_given_and_nothing_less() -> None:
         made.priority = 1  # type: ignore[misc]  # still frozen
     with pytest.raises(TypeError, match="derived_OpenIncident"):  # one value short
         _checks.derived(OpenIncident, *values[:6])
+    # A subclass's fields include its base's (its own __slots__ name only its own).
+    from dispatch import events as dev
+
+    linked = _checks.derived(dev.AlertsLinked, when, "I-1", ("AL-1", "AL-2"))
+    assert linked == dev.AlertsLinked(at=when, incident_id="I-1", alert_ids=("AL-1", "AL-2"))
