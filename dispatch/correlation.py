@@ -418,8 +418,12 @@ class OpenIncidents:
         found = group.within(point, radius_m)
         if found is None:  # too wide a box for the grid: measure every member
             return _within([(_Members(group.ids, self), group.arrays.haversine_m(point))], radius_m)
-        ids = group.ids
-        return [(self._member(ids[k]), d) for k, d in found]
+        # `_member` inline: a detector's alert has a dozen incidents of its types within reach.
+        ids, top, base = group.ids, self._top, self._base
+        if not top:
+            return [(base[ids[k]], d) for k, d in found]
+        get = top.get
+        return [(get(i) or base[i], d) for k, d in found for i in (ids[k],)]
 
     def _member(self, incident_id: str) -> OpenIncident:
         """An incident a place index names (it is in the snapshot: the index was built from it)."""
