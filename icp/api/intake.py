@@ -282,7 +282,9 @@ async def get_alert(request: web.Request) -> web.Response:
     return json_response({
         "id": row["id"], "source": row["source"], "identifier": row["identifier"],
         "received_at": row["received_at"].isoformat(), "incident_id": row["incident_id"], "outcome": row["outcome"],
-        "report": row["report"], "content_type": row["content_type"], "raw_bytes": row["raw_bytes"],
+        # Stored without the members at their defaults: shown whole.
+        "report": AlertReport.from_json(row["report"]).to_json(), "content_type": row["content_type"],
+        "raw_bytes": row["raw_bytes"],
         "raw_url": f"/api/v1/alerts/{row['id']}/raw",
     })
 

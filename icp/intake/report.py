@@ -351,6 +351,14 @@ _TEXT_FIELDS = (("headline", MAX_HEADLINE_CHARS), ("description", MAX_DESCRIPTIO
                 ("language", MAX_LANGUAGE_CHARS))
 
 
+# The members a stored report leaves out when they hold these (`AlertReport.from_json` restores them).
+_DEFAULT_MEMBERS: tuple[tuple[str, Any], ...] = (
+    ("msg_type", MsgType.ALERT), ("status", Status.ACTUAL), ("references", ()), ("severity", Severity.UNKNOWN),
+    ("urgency", Urgency.UNKNOWN), ("certainty", Certainty.UNKNOWN), ("headline", ""), ("description", ""),
+    ("language", ""), ("area", None), ("location_flags", ()), ("findings", ()), ("infos", ()),
+    ("selected_info", None), ("below_threshold", False), ("data", {}))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AlertReport:
     """One alert in ICP's terms, whatever format it came in. Validated at construction.
@@ -458,56 +466,57 @@ class AlertReport:
             and (not self.location_flags or DOUBTFUL_FLAGS.isdisjoint(self.location_flags))
         )
 
-    def _members(self) -> dict[str, Any]:
-        """The stored shape, with the values orjson writes as `to_json` spells them (members of
-        the enums, the time, tuples, parts) left as they are."""
-        loc = self.location
+    def to_json(self) -> dict[str, Any]:
+        """Every member as JSON-ready values (the API shows this; ``from_json`` reads it back)."""
         return {
             "source": self.source,
             "identifier": self.identifier,
-            "kind": self.kind,
-            "sent": self.sent,
+            "kind": self.kind.value,
+            "sent": self.sent.isoformat(),
             "raw_format": self.raw_format,
-            "msg_type": self.msg_type,
-            "status": self.status,
-            "references": self.references,
-            "severity": self.severity,
-            "urgency": self.urgency,
-            "certainty": self.certainty,
+            "msg_type": self.msg_type.value,
+            "status": self.status.value,
+            "references": [list(r) for r in self.references],
+            "severity": self.severity.value,
+            "urgency": self.urgency.value,
+            "certainty": self.certainty.value,
             "headline": self.headline,
             "description": self.description,
             "language": self.language,
-            # As a mapping: orjson writes a slotted dataclass field by field, at a third of a report's cost.
-            "location": None if loc is None else {"lat": loc.lat, "lon": loc.lon},
-            "area": self.area,
-            "location_flags": self.location_flags,
-            "findings": self.findings,
-            "infos": self.infos,
+            "location": None if self.location is None else self.location.to_mapping(),
+            "area": None if self.area is None else geometry_to_geojson(self.area),
+            "location_flags": [f.value for f in self.location_flags],
+            "findings": [f.to_json() for f in self.findings],
+            "infos": [i.to_json() for i in self.infos],
             "selected_info": self.selected_info,
             "below_threshold": self.below_threshold,
             "data": self.data,
         }
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict for storing (``from_json`` reads it back)."""
-        return {
-            **self._members(),
-            "sent": self.sent.isoformat(),
-            "references": [list(r) for r in self.references],
-            "area": None if self.area is None else geometry_to_geojson(self.area),
-            "location_flags": list(self.location_flags),
-            "findings": [f.to_json() for f in self.findings],
-            "infos": [i.to_json() for i in self.infos],
-        }
+    def _stored(self) -> dict[str, Any]:
+        """What is stored: the members not at their defaults (`from_json` restores those), with
+        the values orjson writes as `to_json` spells them (members of the enums, the time,
+        tuples, parts) left as they are. A sensor's alert sets a few of the twenty-two."""
+        loc = self.location
+        out: dict[str, Any] = {"source": self.source, "identifier": self.identifier, "kind": self.kind,
+                               "sent": self.sent, "raw_format": self.raw_format}
+        if loc is not None:
+            # As a mapping: orjson writes a slotted dataclass field by field, at a third of a report's cost.
+            out["location"] = {"lat": loc.lat, "lon": loc.lon}
+        for name, default in _DEFAULT_MEMBERS:
+            value = getattr(self, name)
+            if value != default:
+                out[name] = value
+        return out
 
     def to_json_bytes(self) -> bytes:
-        """`to_json` as compact JSON text, written by orjson (a test holds the two equal for every
-        kind of report) at a fraction of the cost. What orjson cannot write (an integer beyond
-        64 bits in a sender's data) goes through `to_json`."""
+        """The report as stored (`_stored`), as compact JSON text written by orjson. What orjson
+        cannot write (an integer beyond 64 bits in a sender's data) goes through `to_json`."""
+        stored = self._stored()
         try:
-            return orjson.dumps(self._members(), default=_shape_json)
+            return orjson.dumps(stored, default=_shape_json)
         except TypeError:
-            return jsontext.compact_bytes(self.to_json())
+            return jsontext.compact_bytes({k: v for k, v in self.to_json().items() if k in stored})
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> AlertReport:
@@ -519,12 +528,12 @@ class AlertReport:
             kind=obj["kind"],
             sent=datetime.fromisoformat(obj["sent"]),
             raw_format=obj["raw_format"],
-            msg_type=obj["msg_type"],
-            status=obj["status"],
+            msg_type=obj.get("msg_type", MsgType.ALERT),
+            status=obj.get("status", Status.ACTUAL),
             references=tuple((str(a), str(b)) for a, b in obj.get("references", ())),
-            severity=obj["severity"],
-            urgency=obj["urgency"],
-            certainty=obj["certainty"],
+            severity=obj.get("severity", Severity.UNKNOWN),
+            urgency=obj.get("urgency", Urgency.UNKNOWN),
+            certainty=obj.get("certainty", Certainty.UNKNOWN),
             headline=obj.get("headline", ""),
             description=obj.get("description", ""),
             language=obj.get("language", ""),

@@ -141,6 +141,7 @@ async def test_real_cap_documents_are_taken_and_kept_verbatim(client: TestClient
     assert await stored.read() == raw  # byte for byte
     view = await (await client.get(f"/api/v1/alerts/{body['alert_id']}", headers=bearer(admin))).json()
     assert view["report"]["raw_format"] == "cap"
+    assert len(view["report"]) == 22  # every member, those stored at their defaults too
 
 
 async def test_the_nonconforming_swedish_cap_is_flagged_not_misplaced(client: TestClient, settings: Settings,
