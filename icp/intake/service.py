@@ -44,7 +44,7 @@ from icp.auth.principal import Principal
 from icp.dispatch_service import EVERYONE, DispatchService
 from icp.intake.report import AlertReport, MsgType
 from icp.store import eventlog
-from icp.store.eventlog import NewEvent, json_number
+from icp.store.eventlog import NewEvent, json_number, plain_float
 from icp.store.group_commit import GroupCommitter, Staged
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,7 @@ class IntakeService:
             outcomes: list[AlertOutcome] = []
             encoded: list[list[eventlog.EncodedEvent]] = []
             received: dict[tuple[str, Principal, tuple[str, ...]], list[dict[str, Any]]] = {}
+            unchecked: set[tuple[str, Principal, tuple[str, ...]]] = set()  # groups whose text is searched
             for k, (n, alert_id, (outcome, staged, agencies)) in enumerate(routed):
                 if k % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # lets the write send its next statement
@@ -232,14 +233,16 @@ class IntakeService:
                 # The 202 names its flags and findings: routing gave most outcomes their report already.
                 outcomes.append(outcome if outcome.report is sub.report else AlertOutcome(
                     outcome.alert_id, outcome.incident_id, outcome.outcome, outcome.reason, sub.report))
-                encoded.append([eventlog.encode(e) for e in staged])
-                received.setdefault((sub.report.source, sub.who, tuple(agencies) or (EVERYONE,)), []).append(
-                    _summary(alert_id, sub.report, outcome))
+                encoded.append([eventlog.encode(e) for e in staged] if staged else [])
+                group = (sub.report.source, sub.who, tuple(agencies) or (EVERYONE,))
+                received.setdefault(group, []).append(_summary(alert_id, sub.report, outcome))
+                if not _checked(sub.report, outcome):
+                    unchecked.add(group)
             if routed:  # what was received comes first; the links the flush writes come last
-                encoded[0][:0] = [eventlog.encode(e) for e in _received_events(received)]
+                encoded[0][:0] = [eventlog.encode(e) for e in _received_events(received, unchecked)]
                 encoded[-1] += [eventlog.encode(e) for e in links]
             for (n, _, _), outcome, events in zip(routed, outcomes, encoded, strict=True):
-                results[n] = Staged(outcome, events)
+                results[n] = derived(Staged, outcome, events)
         except BaseException:
             await asyncio.gather(write, return_exceptions=True)  # the connection must be free again
             raise
@@ -334,18 +337,30 @@ def _summary(alert_id: str, report: AlertReport, outcome: AlertOutcome) -> dict[
     }
 
 
-def _received_events(received: dict[tuple[str, Principal, tuple[str, ...]], list[dict[str, Any]]]
-                     ) -> list[NewEvent]:
+def _checked(report: AlertReport, outcome: AlertOutcome) -> bool:
+    """Whether an alert's summary holds no float under 1e-4 in magnitude and no NUL character
+    (`NewEvent.checked`). Sources and identifiers hold no control characters (`check_ident`);
+    ids and the enums' values are ICP's own; the headline and the reason are looked at."""
+    loc = report.location
+    return ((loc is None or (plain_float(loc.lat) and plain_float(loc.lon)))
+            and "\x00" not in report.headline and "\x00" not in outcome.reason)
+
+
+def _received_events(received: dict[tuple[str, Principal, tuple[str, ...]], list[dict[str, Any]]],
+                     unchecked: set[tuple[str, Principal, tuple[str, ...]]]) -> list[NewEvent]:
     """One `alerts.received` per sender, principal and visibility (the agencies of the alerts'
     incidents), at most `RECEIVED_PER_EVENT` alerts each, in the order they were received. One
     event per alert cost a storm more than routing the alert did, and a console or webhook
-    receiver follows a storm better in lots."""
+    receiver follows a storm better in lots. ``unchecked``: groups with a summary `_checked`
+    could not vouch for, whose text is searched as any event's."""
     out = []
-    for (source, who, visibility), summaries in received.items():
+    for group, summaries in received.items():
+        source, who, visibility = group
         for start in range(0, len(summaries), RECEIVED_PER_EVENT):
             part = summaries[start:start + RECEIVED_PER_EVENT]
             out.append(NewEvent(ALERTS_RECEIVED, f"source/{source}"[:200], {"source": source, "alerts": part},
-                                actor=who.actor(), visibility=visibility, plain=True))
+                                actor=who.actor(), visibility=visibility, plain=True,
+                                checked=group not in unchecked))
     return out
 
 
@@ -487,7 +502,7 @@ class _Batch:
         at = min(report.sent, self.now)
         # Every value was checked as the report, the rules and the id were made.
         facts = derived(AlertFacts, alert_id, report.kind, report.location, at, decision.priority)
-        open_now = await self._open_incidents()
+        open_now = self.open if self.open is not None else await self._open_incidents()  # (no coroutine per alert)
         correlation = correlate(facts, open_now, s.policy, s.rules)
         if correlation.action == "attach" and correlation.incident_id is not None:
             incident_id = correlation.incident_id

@@ -353,3 +353,23 @@ async def test_a_cap_cancel_in_a_large_lot_waits_for_the_insert_under_way(client
         assert verdict.ok, verdict.reason
     finally:
         await conn.close()
+
+
+async def test_summaries_whose_text_must_be_searched_still_hash_as_the_audit_recomputes(
+        client: TestClient, sensor: str, db_url: str) -> None:  # noqa: F811
+    # A summary's text is orjson's as it is only when intake vouched for it (no float under 1e-4
+    # in magnitude, no NUL): a location by the equator and prime meridian sends its group through
+    # the canonical writer (orjson writes 5e-05 as "0.00005"). Either way the log verifies.
+    items = [native("plain-1", where=near(1)), native("tiny-1", where={"lat": 0.00005, "lon": -0.00002}),
+             native("plain-2", where=near(2), headline="Kitchen")]
+    results = await batch(client, sensor, items)
+    assert all(r["outcome"] in ("created", "attached", "recorded") for r in results)
+    conn = await database.connect(db_url)
+    try:
+        [lot] = await conn.fetch("SELECT data FROM events WHERE type = 'alerts.received' ORDER BY seq")
+        location = lot["data"]["alerts"][1]["location"]
+        assert (location["lat"], location["lon"]) == (0.00005, -0.00002)
+        verdict = await eventlog.verify(conn)
+        assert verdict.ok, verdict.reason
+    finally:
+        await conn.close()

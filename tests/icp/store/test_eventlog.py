@@ -521,3 +521,15 @@ async def test_batched_work_shares_statements_and_a_bad_item_fails_alone(pool: a
     assert calls[1] == 4  # the four were offered together first…
     assert sorted(await conn.fetchval("SELECT array_agg(v) FROM gc_many")) == [0, 1, 2, 4]  # …then one by one
     assert sorted(e.data["v"] for e in await eventlog.read_after(conn, 0)) == [0, 1, 2, 4]
+
+
+def test_checked_plain_data_is_written_as_the_canonical_form_says() -> None:
+    # A producer that checked its data (no float under 1e-4 in magnitude, no NUL) gets orjson's
+    # text as it is: the same text, and so the same hash, as the searched path gives.
+    data = {"b": [1, "x", {"lat": 60.1699, "lon": 24.9384, "n": None}], "a": 0.5, "z": True}
+    checked = eventlog.encode(NewEvent("test.checked", "s", data, plain=True, checked=True))
+    searched = eventlog.encode(NewEvent("test.checked", "s", data, plain=True))
+    assert checked.data_json == searched.data_json == eventlog.canonical_json(data)
+    assert [eventlog.plain_float(x) for x in (0.0, 1e-4, -2.5, 60, 5e-05, -1e-7)] == [True] * 4 + [False] * 2
+    with pytest.raises(EventError, match="only plain"):
+        NewEvent("test.checked", "s", data, checked=True)
