@@ -17,11 +17,13 @@ async def test_json_values_and_json_already_encoded_read_back_the_same(conn: asy
 
 async def test_the_embedded_cluster_is_durable_and_flushes_wal_early(conn: asyncpg.Connection) -> None:
     # Every commit is on disk before it is answered; the WAL writer flushes between commits, so
-    # a commit has little left to flush (icp/store/embedded.py).
+    # a commit has little left to flush, and the background writer keeps clean buffers ready
+    # (icp/store/embedded.py).
     settings = {name: await conn.fetchval(f"SHOW {name}") for name in
-                ("fsync", "synchronous_commit", "wal_writer_delay", "wal_writer_flush_after")}
+                ("fsync", "synchronous_commit", "wal_writer_delay", "wal_writer_flush_after", "bgwriter_delay",
+                 "bgwriter_lru_maxpages")}
     assert settings == {"fsync": "on", "synchronous_commit": "on", "wal_writer_delay": "10ms",
-                        "wal_writer_flush_after": "128kB"}
+                        "wal_writer_flush_after": "128kB", "bgwriter_delay": "10ms", "bgwriter_lru_maxpages": "1000"}
 
 
 async def test_intakes_hot_tables_are_stored_as_their_writes_need(conn: asyncpg.Connection) -> None:
