@@ -361,7 +361,9 @@ class OpenIncidents:
         if len(top) >= self._MERGE_AFTER:
             base, top = {**base, **top}, {}
         out._base, out._top = base, top
-        out._groups = {k: g for k, g in self._groups.items() if touched.isdisjoint(k)}
+        # An attach (nothing touched) shares the place indexes themselves: a group made later by
+        # either snapshot holds the same incidents at the same places, valid for both.
+        out._groups = self._groups if not touched else {k: g for k, g in self._groups.items() if touched.isdisjoint(k)}
         out._like = self._like
         return out
 

@@ -207,7 +207,7 @@ class IntakeService:
         try:
             for k, n in enumerate(fresh):
                 alert_id = "AL-" + randomness[20 * k: 20 * k + 20]
-                routed.append((n, alert_id, await batch.route(alert_id, subs[n])))
+                routed.append((n, alert_id, batch.after_due(await batch.route(alert_id, subs[n]))))
                 if k % _YIELD_ROUTING == _YIELD_ROUTING - 1:
                     batch.insert_routed(at_least=COPY_AT_LEAST)
                     if batch.inserting is not None:
@@ -472,14 +472,19 @@ class _Batch:
              sub.report_json, sub.raw, sub.content_type, f"{sub.who.kind}:{sub.who.id}")
             for alert_id, sub, incident_id, outcome in rows for r in (sub.report,) for loc in (r.location,)])
 
-    async def route(self, alert_id: str, sub: _Submission) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
-        """Where the alert goes: its outcome, the events that causes, and its incident's agencies."""
-        outcome, staged, agencies = await self._route(alert_id, sub)
-        if self.due:  # links written before this alert's own changes
-            staged, self.due = [*self.due, *staged], []
+    def after_due(self, routed: tuple[AlertOutcome, list[NewEvent], list[str]]
+                  ) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
+        """A routed alert's outcome, events and agencies, its events after those of links written
+        while it was routed (a plain method: a coroutine around `route` cost one per alert)."""
+        if not self.due:
+            return routed
+        outcome, staged, agencies = routed
+        staged, self.due = [*self.due, *staged], []
         return outcome, staged, agencies
 
-    async def _route(self, alert_id: str, sub: _Submission) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
+    async def route(self, alert_id: str, sub: _Submission) -> tuple[AlertOutcome, list[NewEvent], list[str]]:
+        """Where the alert goes: its outcome, the events that causes, and its incident's agencies
+        (`after_due` puts the events of links written meanwhile first)."""
         s, report, who = self.s, sub.report, sub.who
         if report.msg_type is MsgType.CANCEL or (report.msg_type is MsgType.UPDATE and report.references):
             self.due += self.link_events()
