@@ -39,11 +39,12 @@ def derived(cls: type[T], *values: object) -> T:
     a fraction of a checked construction."""
     make = _MAKERS.get(cls)
     if make is None:
-        make = _MAKERS[cls] = _maker(cls)
+        make = _MAKERS[cls] = maker(cls)
     return make(*values)  # type: ignore[no-any-return]
 
 
-def _maker(cls: type) -> Callable[..., Any]:
+def maker(cls: type) -> Callable[..., Any]:
+    """`derived` for one class as a function of its values (for a caller that makes one per alert)."""
     # Every field, a base class's too (a subclass's __slots__ name only its own).
     names = tuple(f.name for f in fields(cls))
     scope: dict[str, Any] = {"new": object.__new__, "cls": cls}

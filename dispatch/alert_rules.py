@@ -95,7 +95,14 @@ def normalise(enum: type[E], value: object) -> E | None:
         return value
     if not isinstance(value, str) or len(value) > 64:
         return None
-    return _spelled(enum, value)
+    exact = _EXACT.get(enum)
+    if exact is None:
+        exact = _EXACT[enum] = {m.value: m for m in enum if _key(m.value) not in _ALIASES}
+    member = exact.get(value)  # spelled as the member itself (most senders): no key to make
+    return member if member is not None else _spelled(enum, value)
+
+
+_EXACT: dict[type[Any], dict[str, Any]] = {}
 
 
 @lru_cache(maxsize=4096)  # senders repeat a few spellings ("Likely", "smoke") on every alert

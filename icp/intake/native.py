@@ -20,7 +20,7 @@ from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 
-from dispatch._checks import derived
+from dispatch._checks import maker
 from dispatch.alert_rules import AlertKind, Certainty, Severity, Urgency, normalise
 from geo.coords import Point
 from icp import jsontext
@@ -133,7 +133,7 @@ def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
 
     sent = values["time"]
     findings = ((Finding("time_in_future", "/time", f"{obj['time']} is ahead of the server's clock"),)
-                if config.too_far_ahead(sent, now) else ())
+                if now is not None and config.too_far_ahead(sent, now) else ())
     # The sender's own details stay apart from what intake adds, so no key of theirs is overwritten.
     data: dict[str, Any] = {"native": values["data"]} if "data" in values else {}
     location = values["location"]
@@ -151,7 +151,8 @@ def _alert(obj: Any, config: IntakeConfig, now: datetime | None) -> AlertReport:
     if placed[1] is None:
         # Every value above passed the readers' checks, which are those of the report's own (its
         # text bounds are wider): a point alert's report is made without checking them twice.
-        return derived(AlertReport, *fields)
+        report: AlertReport = _MAKE_REPORT(*fields)
+        return report
     return AlertReport(**dict(zip(_REPORT_FIELDS, fields, strict=True)))
 
 
@@ -215,6 +216,7 @@ def _data(value: object, where: str) -> dict[str, Any]:
 
 _KNOWN = frozenset(REQUIRED + OPTIONAL)
 _REPORT_FIELDS = AlertReport.__slots__
+_MAKE_REPORT = maker(AlertReport)  # `derived` for reports, looked up once
 _KNOWN_REQUIRED = frozenset(REQUIRED)
 # Each member's reader, in the order its problems are listed: (name, JSON pointer, reader(value, where)).
 _READERS: tuple[tuple[str, str, Callable[[Any, str], Any]], ...] = tuple(

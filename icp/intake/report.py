@@ -228,12 +228,15 @@ def load_json(body: bytes | bytearray | memoryview | str, *, max_bytes: int, wha
 
 def parse_time(value: object, where: str) -> datetime:
     """An RFC 3339 / ISO 8601 date-time with a UTC offset (``Z`` allowed) as an aware datetime."""
-    if not isinstance(value, str) or not 10 <= len(value) <= 64 or "T" not in value.upper():
+    if not isinstance(value, str) or not 10 <= len(value) <= 64 or ("T" not in value and "t" not in value):
         raise IntakeError("invalid_alert", "must be a date-time such as 2026-03-01T12:00:00+02:00", where)
     try:
-        parsed = datetime.fromisoformat(value.strip())
+        parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise IntakeError("invalid_alert", f"{value[:40]!r} is not an ISO 8601 date-time", where) from None
+        try:  # with spaces around it (stripped only when needed: a copy of every alert's time)
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise IntakeError("invalid_alert", f"{value[:40]!r} is not an ISO 8601 date-time", where) from None
     if parsed.utcoffset() is None:
         # A time without an offset means a different instant on every node; never guess.
         raise IntakeError("invalid_alert", f"{value[:40]!r} has no UTC offset (add Z or +hh:mm)", where)
