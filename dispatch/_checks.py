@@ -31,12 +31,11 @@ _MAKERS: dict[type, Callable[..., Any]] = {}
 
 
 def derived(cls: type[T], *values: object) -> T:
-    """A frozen slotted dataclass made from ``values`` (every field, in `fields` order, a base
-    class's first) without its
-    ``__post_init__``: for a value derived from one already checked, on a path that runs for
-    every alert of a storm, where the caller checks what it changed. Built through the slots'
-    own setters, by a function made once per class (as dataclasses make ``__init__``), it costs
-    a fraction of a checked construction."""
+    """A frozen slotted dataclass made from ``values`` (every field, in the order of
+    `dataclasses.fields`, a base class's first) without its ``__post_init__``: for a value
+    derived from one already checked, on a path that runs for every alert of a storm, where the
+    caller checks what it changed. Built through the slots' own setters, by a function made once
+    per class (as dataclasses make ``__init__``), it costs a fraction of a checked construction."""
     make = _MAKERS.get(cls)
     if make is None:
         make = _MAKERS[cls] = maker(cls)
@@ -52,7 +51,7 @@ def maker(cls: type) -> Callable[..., Any]:
     args = ", ".join(f"v{i}" for i in range(len(names)))
     body = "".join(f"    set_{i}(obj, v{i})\n" for i in range(len(names)))
     name = f"derived_{cls.__name__}"  # a wrong number of values is a TypeError naming the class
-    exec(f"def {name}({args}):\n    obj = new(cls)\n{body}    return obj\n", scope)  # the names are the slots
+    exec(f"def {name}({args}):\n    obj = new(cls)\n{body}    return obj\n", scope)  # the names are the fields'
     return scope[name]  # type: ignore[no-any-return]
 
 

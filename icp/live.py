@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
@@ -41,8 +41,9 @@ PLANS_UPDATED = "response_plans.updated"
 _PICTURE_EVENTS = frozenset({AGENCY_SAVED, STATION_SAVED, UNIT_SAVED, PLANS_UPDATED, *dev.EVENT_TYPES})
 ALERT_LINKED = dev.AlertLinked.type
 ALERTS_LINKED = dev.AlertsLinked.type
-_INCIDENT_VALUES = attrgetter(*Incident.__slots__)  # every field's value, in the slots' order
-_ALERT_IDS = Incident.__slots__.index("alert_ids")
+_INCIDENT_FIELDS = tuple(f.name for f in fields(Incident))  # the order `derived` takes them in
+_INCIDENT_VALUES = attrgetter(*_INCIDENT_FIELDS)
+_ALERT_IDS = _INCIDENT_FIELDS.index("alert_ids")
 
 
 def _with_alerts(incident: Incident, alert_ids: tuple[str, ...]) -> Incident:

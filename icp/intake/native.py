@@ -15,6 +15,7 @@ sender controls its format, so a mistake is refused rather than recorded.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from enum import StrEnum
 from functools import partial
@@ -215,7 +216,7 @@ def _data(value: object, where: str) -> dict[str, Any]:
 
 
 _KNOWN = frozenset(REQUIRED + OPTIONAL)
-_REPORT_FIELDS = AlertReport.__slots__
+_REPORT_FIELDS = tuple(f.name for f in dataclass_fields(AlertReport))  # the order `maker` takes them in
 _MAKE_REPORT = maker(AlertReport)  # `derived` for reports, looked up once
 _KNOWN_REQUIRED = frozenset(REQUIRED)
 # Each member's reader, in the order its problems are listed: (name, JSON pointer, reader(value, where)).
